@@ -1,0 +1,1 @@
+"""The Tradewind cluster: metadata store, scheduler replicas, workers, rpc, observability, CLI."""

@@ -1,0 +1,1 @@
+"""Protocol-buffer contracts between Tradewind processes and their generated stubs."""
