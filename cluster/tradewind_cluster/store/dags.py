@@ -1,0 +1,31 @@
+"""DAG rows: registration from parsed files and the run-creation claim."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tradewind_cluster.store.rows import to_dag_row
+from tradewind_cluster.store.schema import dag
+from tradewind_cluster.store.snapshots import DagRow
+
+__all__ = ["claim_due_dags"]
+
+
+def claim_due_dags(conn: Connection, *, now: datetime, limit: int) -> list[DagRow]:
+    """Lock up to `limit` DAGs that have a run due (or queued runs waiting to start).
+
+    Lock: `FOR UPDATE OF dag SKIP LOCKED` — each due DAG is handled by one replica per loop;
+    the others skip it rather than wait. First in the lock order (dag → dag_run → ti → pool)."""
+    due = (dag.c.next_dagrun_create_after <= now) & dag.c.is_active & ~dag.c.is_paused
+    queued = dag.c.has_queued_runs & dag.c.is_active
+    rows = conn.execute(
+        sa.select(dag)
+        .where(due | queued)
+        .order_by(dag.c.next_dagrun_create_after.asc().nulls_last())
+        .limit(limit)
+        .with_for_update(of=dag, skip_locked=True)
+    ).mappings()
+    return [to_dag_row(r) for r in rows]

@@ -1,0 +1,139 @@
+"""Connections to the metadata database: the engine, and transactions retried as a whole.
+
+A transient failure (server gone, failover, serialization failure, deadlock) rolls the whole
+transaction back and runs the function again with jittered, capped backoff; nothing is ever
+half-applied, so the function must do all its writes through the connection it is given."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from tradewind.errors import RetryableError
+
+__all__ = ["Database", "DatabaseOptions", "is_transient"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# SQLSTATEs worth retrying: serialization failure, deadlock, lock timeout, admin shutdown,
+# crash shutdown, cannot connect now, connection exceptions (class 08).
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatabaseOptions:
+    """Engine and retry settings (filled from the `database` config section)."""
+
+    pool_size: int = 5
+    max_overflow: int = 10
+    pool_recycle_s: int = 1800
+    connect_timeout_s: int = 5
+    statement_timeout_ms: int = 30_000
+    retry_max_attempts: int = 10
+    retry_max_wait_s: float = 5.0
+    application_name: str = "tradewind"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that a retry of the whole transaction may cure."""
+    if isinstance(exc, RetryableError):
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        code = getattr(exc.orig, "pgcode", None)
+        if code in _TRANSIENT_SQLSTATES or (code or "").startswith("08"):
+            return True
+        return isinstance(exc, sa.exc.OperationalError) and code is None
+    return False
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    log.warning(
+        "database call failed (attempt %d), retrying: %s",
+        state.attempt_number,
+        type(exc).__name__ if exc else "?",
+        extra={"event": "db_retry", "attempt": state.attempt_number},
+    )
+
+
+class Database:
+    """One engine per process; `transaction(fn)` and `read(fn)` run fn(connection) with retries."""
+
+    def __init__(self, url: str, options: DatabaseOptions | None = None) -> None:
+        self.options = options or DatabaseOptions()
+        self.url = url
+        opts = self.options
+        self.engine: Engine = sa.create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=opts.pool_size,
+            max_overflow=opts.max_overflow,
+            pool_recycle=opts.pool_recycle_s,
+            connect_args={
+                "connect_timeout": opts.connect_timeout_s,
+                "application_name": opts.application_name,
+                "options": f"-c statement_timeout={opts.statement_timeout_ms} -c timezone=UTC",
+            },
+        )
+
+    def _retrying(self) -> Retrying:
+        return Retrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(self.options.retry_max_attempts),
+            wait=wait_random_exponential(multiplier=0.05, max=self.options.retry_max_wait_s),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+
+    def transaction(self, fn: Callable[[Connection], T]) -> T:
+        """Run fn in one read-write transaction, retrying the whole of it on transient errors."""
+        for attempt in self._retrying():
+            with attempt, self.engine.begin() as conn:
+                return fn(conn)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run fn in a read-only transaction with the same retries."""
+
+        def _ro(conn: Connection) -> T:
+            conn.execute(sa.text("SET TRANSACTION READ ONLY"))
+            return fn(conn)
+
+        return self.transaction(_ro)
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A raw connection with no retry, for tests and for LISTEN."""
+        with self.engine.connect() as conn:
+            yield conn
+
+    def ping(self, timeout_s: float = 1.0) -> bool:
+        """A cheap liveness check of the store, bounded by a statement timeout."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}"))
+                conn.execute(sa.text("SELECT 1"))
+                conn.rollback()
+            return True
+        except sa.exc.SQLAlchemyError:
+            return False
+
+    def dispose(self) -> None:
+        """Close every pooled connection (at shutdown, or in a child after fork)."""
+        self.engine.dispose()

@@ -1,0 +1,1 @@
+"""Shared test support: real PostgreSQL fixtures and helpers for process-level tests."""
