@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +15,15 @@ from tradewind_cluster.store.database import Database, DatabaseOptions
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_url() -> Iterator[str]:
     """Admin URL of the session's PostgreSQL server."""
-    yield from postgres.server_url(Path(tmp_path_factory.mktemp("pg")))
+    # Not under pytest's basetemp: pytest prunes old basetemps, which would pull the data dir
+    # out from under a server started by another concurrent test session.
+    tmp = Path(tempfile.mkdtemp(prefix="tradewind-test-pg-"))
+    try:
+        yield from postgres.server_url(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

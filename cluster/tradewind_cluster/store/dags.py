@@ -20,7 +20,7 @@ def claim_due_dags(conn: Connection, *, now: datetime, limit: int) -> list[DagRo
     Lock: `FOR UPDATE OF dag SKIP LOCKED` — each due DAG is handled by one replica per loop;
     the others skip it rather than wait. First in the lock order (dag → dag_run → ti → pool)."""
     due = (dag.c.next_dagrun_create_after <= now) & dag.c.is_active & ~dag.c.is_paused
-    queued = dag.c.has_queued_runs & dag.c.is_active
+    queued = dag.c.check_runs & dag.c.is_active
     rows = conn.execute(
         sa.select(dag)
         .where(due | queued)

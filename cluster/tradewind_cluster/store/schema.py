@@ -91,7 +91,9 @@ dag = Table(
     _ts("next_dagrun_interval_start"),
     _ts("next_dagrun_interval_end"),
     _ts("next_dagrun_create_after"),
-    Column("has_queued_runs", Boolean, nullable=False, server_default=text("false")),
+    # Set when the DAG may have runs to create or start outside its schedule: a manual trigger,
+    # or a run finishing while max_active_runs held others back.
+    Column("check_runs", Boolean, nullable=False, server_default=text("false")),
     _ts("updated_at", nullable=False, now=True),
 )
 # Claim predicate of run creation: active, unpaused DAGs whose next run is due, or with queued runs.
@@ -100,11 +102,7 @@ Index(
     dag.c.next_dagrun_create_after,
     postgresql_where=dag.c.is_active & ~dag.c.is_paused,
 )
-Index(
-    "ix_dag_queued_runs",
-    dag.c.dag_id,
-    postgresql_where=dag.c.has_queued_runs & dag.c.is_active,
-)
+Index("ix_dag_check_runs", dag.c.dag_id, postgresql_where=dag.c.check_runs & dag.c.is_active)
 
 serialized_dag = Table(
     "serialized_dag",
@@ -180,6 +178,7 @@ task_instance = Table(
     Column("pool_slots", Integer, nullable=False, server_default=text("1")),
     Column("queue", Text, nullable=False, server_default=text("'default'")),
     Column("priority_weight", Integer, nullable=False, server_default=text("1")),
+    Column("max_active_tis_per_dag", Integer),
     Column("operator", Text),
     Column("queued_by", Text),
     Column("worker", Text),

@@ -24,7 +24,7 @@ class DagRow:
     last_automated_interval_start: datetime | None
     last_automated_interval_end: datetime | None
     next_dagrun_create_after: datetime | None
-    has_queued_runs: bool
+    check_runs: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-21 06:43:24.923429
+Create Date: 2026-11-21
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def upgrade() -> None:
         sa.Column("next_dagrun_interval_start", sa.DateTime(timezone=True), nullable=True),
         sa.Column("next_dagrun_interval_end", sa.DateTime(timezone=True), nullable=True),
         sa.Column("next_dagrun_create_after", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("has_queued_runs", sa.Boolean(), server_default=sa.text("false"), nullable=False),
+        sa.Column("check_runs", sa.Boolean(), server_default=sa.text("false"), nullable=False),
         sa.Column(
             "updated_at",
             sa.DateTime(timezone=True),
@@ -51,18 +51,18 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("dag_id", name=op.f("pk_dag")),
     )
     op.create_index(
+        "ix_dag_check_runs",
+        "dag",
+        ["dag_id"],
+        unique=False,
+        postgresql_where=sa.text("check_runs AND is_active"),
+    )
+    op.create_index(
         "ix_dag_due",
         "dag",
         ["next_dagrun_create_after"],
         unique=False,
         postgresql_where=sa.text("is_active AND NOT is_paused"),
-    )
-    op.create_index(
-        "ix_dag_queued_runs",
-        "dag",
-        ["dag_id"],
-        unique=False,
-        postgresql_where=sa.text("has_queued_runs AND is_active"),
     )
     op.create_table(
         "dag_file",
@@ -314,6 +314,7 @@ def upgrade() -> None:
         sa.Column("pool_slots", sa.Integer(), server_default=sa.text("1"), nullable=False),
         sa.Column("queue", sa.Text(), server_default=sa.text("'default'"), nullable=False),
         sa.Column("priority_weight", sa.Integer(), server_default=sa.text("1"), nullable=False),
+        sa.Column("max_active_tis_per_dag", sa.Integer(), nullable=True),
         sa.Column("operator", sa.Text(), nullable=True),
         sa.Column("queued_by", sa.Text(), nullable=True),
         sa.Column("worker", sa.Text(), nullable=True),
@@ -491,12 +492,10 @@ def downgrade() -> None:
     op.drop_index("ix_dag_file_due", table_name="dag_file", postgresql_where="is_present")
     op.drop_table("dag_file")
     op.drop_index(
-        "ix_dag_queued_runs",
-        table_name="dag",
-        postgresql_where=sa.text("has_queued_runs AND is_active"),
+        "ix_dag_due", table_name="dag", postgresql_where=sa.text("is_active AND NOT is_paused")
     )
     op.drop_index(
-        "ix_dag_due", table_name="dag", postgresql_where=sa.text("is_active AND NOT is_paused")
+        "ix_dag_check_runs", table_name="dag", postgresql_where=sa.text("check_runs AND is_active")
     )
     op.drop_table("dag")
     # ### end Alembic commands ###

@@ -1,0 +1,1 @@
+"""gRPC plumbing shared by schedulers and workers: servers, channels, authentication."""

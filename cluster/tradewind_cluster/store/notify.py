@@ -1,0 +1,64 @@
+"""Wake-ups between processes with LISTEN/NOTIFY: an idle replica sleeps on the channel and
+wakes in well under a millisecond when another process commits work for it."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tradewind_cluster.store.database import Database
+
+__all__ = ["CHANNEL", "Listener", "notify"]
+
+CHANNEL = "tradewind"
+
+
+def notify(conn: Connection, topic: str) -> None:
+    """Queue a wake-up for every listener; delivered when this transaction commits."""
+    conn.execute(sa.text("SELECT pg_notify(:c, :t)"), {"c": CHANNEL, "t": topic})
+
+
+class Listener:
+    """A dedicated connection LISTENing on the channel; `wait()` returns the topics received."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._raw: Any = None
+
+    def _ensure(self) -> Any:
+        if self._raw is None:
+            raw = self._db.engine.raw_connection()
+            pg: Any = raw.driver_connection
+            pg.set_session(autocommit=True)
+            with pg.cursor() as cur:
+                cur.execute(f"LISTEN {CHANNEL}")
+            self._raw = raw
+        return self._raw.driver_connection
+
+    def wait(self, timeout_s: float) -> set[str]:
+        """Block up to timeout_s for notifications; a broken connection is dropped and retried
+        on the next call (the caller's loop still wakes on its timeout)."""
+        try:
+            pg = self._ensure()
+            pg.poll()
+            if not pg.notifies:
+                ready, _, _ = select.select([pg], [], [], timeout_s)
+                if ready:
+                    pg.poll()
+            topics = {n.payload for n in pg.notifies}
+            pg.notifies.clear()
+            return topics
+        except Exception:  # noqa: BLE001 - a broken listener must never kill the loop
+            self.close()
+            return set()
+
+    def close(self) -> None:
+        """Release the listening connection."""
+        if self._raw is not None:
+            with contextlib.suppress(Exception):
+                self._raw.invalidate()
+            self._raw = None
