@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,11 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or join) the server and return a SQLAlchemy URL for the `postgres` database."""
-        # imported late: pgserver is heavy and only needed without an external URL
-        from pgserver.postgres_server import PostgresServer, get_server
+        # Imported late: pgserver is heavy and only needed without an external URL. At import it
+        # asks platformdirs for XDG_RUNTIME_DIR and warns when unset (it falls back to /tmp).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from pgserver.postgres_server import PostgresServer, get_server
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         with PostgresServer._lock:

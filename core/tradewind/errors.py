@@ -30,6 +30,7 @@ __all__ = [
     "RetryableError",
     "SerializationError",
     "StaleError",
+    "StoreUnavailableError",
     "TradewindError",
 ]
 
@@ -72,6 +73,10 @@ class StaleError(TradewindError):
 
 class RetryableError(TradewindError):
     """A transient failure of the store or the network; the caller retries with backoff."""
+
+
+class StoreUnavailableError(RetryableError):
+    """The metadata database could not be reached, even after retries."""
 
 
 class BadInputError(TradewindError):

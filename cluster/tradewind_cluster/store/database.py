@@ -22,9 +22,9 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from tradewind.errors import RetryableError
+from tradewind.errors import RetryableError, StoreUnavailableError
 
-__all__ = ["Database", "DatabaseOptions", "is_transient"]
+__all__ = ["Database", "DatabaseOptions", "is_transient", "unavailable_as_error"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,6 +72,23 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
+def _describe(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    text_ = str(orig or exc).strip().splitlines()
+    return text_[0] if text_ else type(exc).__name__
+
+
+@contextmanager
+def unavailable_as_error() -> Iterator[None]:
+    """Turn a connection failure that survived the retries into StoreUnavailableError."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        if is_transient(exc):
+            raise StoreUnavailableError(f"metadata database unreachable: {_describe(exc)}") from exc
+        raise
+
+
 class Database:
     """One engine per process; `transaction(fn)` and `read(fn)` run fn(connection) with retries."""
 
@@ -103,9 +120,10 @@ class Database:
 
     def transaction(self, fn: Callable[[Connection], T]) -> T:
         """Run fn in one read-write transaction, retrying the whole of it on transient errors."""
-        for attempt in self._retrying():
-            with attempt, self.engine.begin() as conn:
-                return fn(conn)
+        with unavailable_as_error():
+            for attempt in self._retrying():
+                with attempt, self.engine.begin() as conn:
+                    return fn(conn)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def read(self, fn: Callable[[Connection], T]) -> T:

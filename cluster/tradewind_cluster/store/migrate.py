@@ -16,7 +16,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from tradewind_cluster.store.database import Database
+from tradewind_cluster.store.database import Database, unavailable_as_error
 from tradewind_cluster.store.schema import metadata
 
 __all__ = ["SchemaStatus", "alembic_config", "check", "reset", "schema_diff", "upgrade"]
@@ -50,7 +50,7 @@ def alembic_config(url: str) -> Config:
 def upgrade(db: Database, revision: str = "head") -> SchemaStatus:
     """Apply every pending migration; a no-op when the schema is current."""
     cfg = alembic_config(db.url)
-    with db.engine.begin() as conn:
+    with unavailable_as_error(), db.engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
     return check(db)
@@ -60,7 +60,7 @@ def check(db: Database) -> SchemaStatus:
     """Read the database's revision and compare it with the newest migration."""
     head = ScriptDirectory.from_config(alembic_config(db.url)).get_current_head()
     assert head is not None, "no migrations found"
-    with db.engine.connect() as conn:
+    with unavailable_as_error(), db.engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_revision()
     return SchemaStatus(current=current, head=head)
 

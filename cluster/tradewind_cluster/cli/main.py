@@ -1,0 +1,76 @@
+"""Entry point of the `tradewind` command: parses arguments, configures logging once, runs the
+command, and turns errors into one clear line on stderr and a non-zero exit status."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from tradewind import __version__
+from tradewind.errors import BadInputError, TradewindError
+from tradewind_cluster.cli import config_cmd, db
+from tradewind_cluster.cli.context import CliContext
+
+__all__ = ["build_parser", "main"]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree (docs/cli.md is generated from it)."""
+    parser = argparse.ArgumentParser(
+        prog="tradewind", description="Tradewind: an all-active, multi-scheduler workflow service."
+    )
+    parser.add_argument(
+        "--config", type=Path, help="TOML config file (default: $TRADEWIND_HOME/tradewind.toml)"
+    )
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="show tracebacks and debug logs"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(handler=lambda args, ctx: print(__version__) or 0)
+    config_cmd.register(sub)
+    db.register(sub)
+    return parser
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Turn SIGTERM into SystemExit so atexit handlers run (the embedded server is released).
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    ctx = CliContext(config_file=args.config, verbose=args.verbose)
+    try:
+        return int(args.handler(args, ctx) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BadInputError as exc:
+        return _fail(args, f"error: {exc}", EXIT_USAGE)
+    except TradewindError as exc:
+        return _fail(args, f"error: {exc}", EXIT_ERROR)
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    if args.verbose:
+        logging.getLogger("tradewind").exception(message)
+    print(message, file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
