@@ -1,0 +1,271 @@
+"""The critical section: move scheduled task instances to queued, one pool at a time, so that
+replicas queue concurrently where their work does not conflict.
+
+Per pool, in one short transaction:
+1. lock the pool's best candidates: `FOR UPDATE OF task_instance SKIP LOCKED` (ti before pool);
+2. lock the pool row `FOR UPDATE SKIP LOCKED`: only its holder may add to the pool's usage, so
+   the usage it counts is exact; a pool held by another replica is skipped, not waited for;
+3. try-lock each candidate DAG with a transaction advisory lock (never waits): DAG-wide limits
+   (max_active_tasks, max_active_tis_per_dag) span pools, and only the holder may add to them;
+4. when a cluster-wide parallelism is set, take one advisory lock for the final count and
+   update only (held for about a millisecond, not across the decision);
+5. decide with the pure `admit()`, then queue the admitted rows and create their attempts with
+   new fencing tokens in the same transaction, so a token is committed before any dispatch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tradewind.scheduling.admission import Admission, Candidate, Capacity, PoolCapacity
+from tradewind_cluster.store.schema import dag, pool, task_attempt, task_instance
+
+__all__ = ["PoolOutcome", "QueuedAttempt", "pools_with_scheduled", "queue_pool"]
+
+ti = task_instance
+_ACTIVE = ("queued", "running")
+_DAG_LOCK_SPACE = 0x7477_0001  # advisory lock namespace of per-DAG admission
+_PARALLELISM_LOCK = (0x7477_0002, 0)
+
+Decide = Callable[[Sequence[Candidate], Capacity], Admission]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuedAttempt:
+    """An attempt just queued, with the fencing token every report about it must carry."""
+
+    attempt_id: int
+    ti_id: int
+    token: int
+    try_number: int  # the try this attempt will be when it starts
+    dag_id: str
+    run_id: str
+    task_id: str
+    queue: str
+    pool: str
+    logical_date: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolOutcome:
+    """What one pool's critical section did (None from queue_pool: the pool was busy)."""
+
+    pool: str
+    queued: tuple[QueuedAttempt, ...]
+    admission: Admission | None  # None when there was nothing to decide
+    skipped_dags: frozenset[str]  # DAGs another replica was admitting for
+
+
+def pools_with_scheduled(conn: Connection, *, limit: int = 256) -> list[str]:
+    """Pools that have scheduled task instances (reads the partial index only)."""
+    rows = conn.execute(
+        sa.select(ti.c.pool).where(ti.c.state == "scheduled").group_by(ti.c.pool).limit(limit)
+    )
+    return [r[0] for r in rows]
+
+
+def _lock_candidates(conn: Connection, pool_name: str, limit: int) -> list[Candidate]:
+    rows = conn.execute(
+        sa.select(ti, dag.c.max_active_tasks)
+        .join(dag, dag.c.dag_id == ti.c.dag_id)
+        .where(ti.c.state == "scheduled", ti.c.pool == pool_name)
+        .order_by(ti.c.priority_weight.desc(), ti.c.logical_date, ti.c.id)
+        .limit(limit)
+        .with_for_update(of=ti, skip_locked=True)
+    ).mappings()
+    return [
+        Candidate(
+            ti_id=r["id"],
+            dag_id=r["dag_id"],
+            run_id=r["run_id"],
+            task_id=r["task_id"],
+            logical_date=r["logical_date"],
+            pool=r["pool"],
+            pool_slots=r["pool_slots"],
+            priority_weight=r["priority_weight"],
+            queue=r["queue"],
+            max_active_tis_per_dag=r["max_active_tis_per_dag"],
+            dag_max_active_tasks=r["max_active_tasks"],
+        )
+        for r in rows
+    ]
+
+
+def _lock_pool(conn: Connection, pool_name: str) -> tuple[bool, int | None]:
+    """(exists, total slots) with the row locked; (True, None) when another replica holds it."""
+    row = conn.execute(
+        sa.select(pool.c.slots).where(pool.c.name == pool_name).with_for_update(skip_locked=True)
+    ).first()
+    if row is not None:
+        return True, int(row[0])
+    exists = conn.execute(sa.select(pool.c.name).where(pool.c.name == pool_name)).first()
+    return exists is not None, None
+
+
+def _lock_dags(conn: Connection, dag_ids: Sequence[str]) -> set[str]:
+    rows = conn.execute(
+        sa.text(
+            "SELECT d, pg_try_advisory_xact_lock(:space, hashtext(d)) "
+            "FROM unnest(CAST(:dags AS text[])) AS d"
+        ),
+        {"space": _DAG_LOCK_SPACE, "dags": sorted(dag_ids)},
+    )
+    return {d for d, got in rows if got}
+
+
+def _capacity(
+    conn: Connection,
+    pool_name: str,
+    total: int,
+    cands: Sequence[Candidate],
+    parallelism: int | None,
+    queue_open: Mapping[str, int] | None,
+) -> Capacity:
+    occupied = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(ti.c.pool_slots), 0)).where(
+            ti.c.pool == pool_name, ti.c.state.in_(_ACTIVE)
+        )
+    ).scalar_one()
+    dag_ids = sorted({c.dag_id for c in cands})
+    dag_active: dict[str, int] = dict(
+        conn.execute(
+            sa.select(ti.c.dag_id, sa.func.count())
+            .where(ti.c.dag_id.in_(dag_ids), ti.c.state.in_(_ACTIVE))
+            .group_by(ti.c.dag_id)
+        ).all()
+    )
+    limited = sorted({(c.dag_id, c.task_id) for c in cands if c.max_active_tis_per_dag})
+    task_active: dict[tuple[str, str], int] = {}
+    if limited:
+        rows = conn.execute(
+            sa.select(ti.c.dag_id, ti.c.task_id, sa.func.count())
+            .where(sa.tuple_(ti.c.dag_id, ti.c.task_id).in_(limited), ti.c.state.in_(_ACTIVE))
+            .group_by(ti.c.dag_id, ti.c.task_id)
+        )
+        task_active = {(d, t): n for d, t, n in rows}
+    parallelism_open = None
+    if parallelism is not None:
+        conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:a, :b)"),
+            dict(zip("ab", _PARALLELISM_LOCK, strict=True)),
+        )
+        active = conn.execute(
+            sa.select(sa.func.count()).where(ti.c.state.in_(_ACTIVE))
+        ).scalar_one()
+        parallelism_open = max(0, parallelism - int(active))
+    return Capacity(
+        pools={pool_name: PoolCapacity(total=None if total < 0 else total, occupied=int(occupied))},
+        dag_active=dag_active,
+        task_active=task_active,
+        parallelism_open=parallelism_open,
+        queue_open=queue_open,
+    )
+
+
+def _queue(
+    conn: Connection, admitted: Sequence[Candidate], member_id: str, now: datetime
+) -> tuple[QueuedAttempt, ...]:
+    if not admitted:
+        return ()
+    rows = (
+        conn.execute(
+            sa.update(ti)
+            .where(ti.c.id.in_([c.ti_id for c in admitted]), ti.c.state == "scheduled")
+            .values(
+                state="queued",
+                token=ti.c.token + 1,
+                queued_by=member_id,
+                queued_at=now,
+                worker=None,
+                heartbeat_at=None,
+                updated_at=now,
+            )
+            .returning(
+                ti.c.id,
+                ti.c.token,
+                ti.c.try_number,
+                ti.c.dag_id,
+                ti.c.run_id,
+                ti.c.task_id,
+                ti.c.queue,
+                ti.c.pool,
+                ti.c.logical_date,
+            )
+        )
+        .mappings()
+        .all()
+    )
+    if not rows:
+        return ()
+    attempt_ids = conn.execute(
+        sa.insert(task_attempt)
+        .values(
+            [
+                {
+                    "ti_id": r["id"],
+                    "dag_id": r["dag_id"],
+                    "run_id": r["run_id"],
+                    "task_id": r["task_id"],
+                    "try_number": r["try_number"] + 1,
+                    "token": r["token"],
+                    "state": "queued",
+                    "queued_by": member_id,
+                    "queued_at": now,
+                }
+                for r in rows
+            ]
+        )
+        .returning(task_attempt.c.id, task_attempt.c.ti_id)
+    ).all()
+    by_ti = {ti_id: aid for aid, ti_id in attempt_ids}
+    return tuple(
+        QueuedAttempt(
+            attempt_id=by_ti[r["id"]],
+            ti_id=r["id"],
+            token=r["token"],
+            try_number=r["try_number"] + 1,
+            dag_id=r["dag_id"],
+            run_id=r["run_id"],
+            task_id=r["task_id"],
+            queue=r["queue"],
+            pool=r["pool"],
+            logical_date=r["logical_date"],
+        )
+        for r in rows
+    )
+
+
+def queue_pool(
+    conn: Connection,
+    pool_name: str,
+    *,
+    member_id: str,
+    decide: Decide,
+    now: datetime,
+    max_tis: int = 512,
+    parallelism: int | None = None,
+    queue_open: Mapping[str, int] | None = None,
+) -> PoolOutcome | None:
+    """Run the critical section for one pool (see the module docstring for the locks).
+    Returns None when another replica holds the pool; the caller moves on to other pools."""
+    cands = _lock_candidates(conn, pool_name, max_tis)
+    if not cands:
+        return PoolOutcome(pool=pool_name, queued=(), admission=None, skipped_dags=frozenset())
+    exists, total = _lock_pool(conn, pool_name)
+    if exists and total is None:
+        return None
+    locked = _lock_dags(conn, [c.dag_id for c in cands])
+    skipped = frozenset({c.dag_id for c in cands} - locked)
+    cands = [c for c in cands if c.dag_id in locked]
+    if not exists:
+        admission = decide(cands, Capacity(pools={}))  # every candidate: pool does not exist
+        return PoolOutcome(pool=pool_name, queued=(), admission=admission, skipped_dags=skipped)
+    assert total is not None
+    capacity = _capacity(conn, pool_name, total, cands, parallelism, queue_open)
+    admission = decide(cands, capacity)
+    queued = _queue(conn, admission.admitted, member_id, now)
+    return PoolOutcome(pool=pool_name, queued=queued, admission=admission, skipped_dags=skipped)

@@ -1,0 +1,194 @@
+"""DAG runs: creating scheduled and triggered runs, starting queued runs within
+max_active_runs (creating their task instances), and finishing runs.
+
+Lock order: the caller holds the dag row (claim_due_dags); queued runs are then locked with
+`FOR UPDATE OF dag_run SKIP LOCKED`, and their task instances inserted — dag → dag_run → ti."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection
+
+from tradewind.spec import DagSpec
+from tradewind.states import DagRunState
+from tradewind_cluster.store.rows import to_run_row
+from tradewind_cluster.store.schema import dag, dag_run, task_instance
+from tradewind_cluster.store.snapshots import RunRow
+
+__all__ = [
+    "NewRun",
+    "active_run_counts",
+    "finish_run",
+    "get_run",
+    "insert_runs",
+    "record_schedule",
+    "start_queued_runs",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewRun:
+    """A run to insert in state queued."""
+
+    run_id: str
+    logical_date: datetime
+    data_interval_start: datetime | None
+    data_interval_end: datetime | None
+    run_type: str
+    run_after: datetime | None = None
+    conf: Mapping[str, Any] | None = None
+
+
+def get_run(conn: Connection, dag_id: str, run_id: str) -> RunRow | None:
+    """One run by its (dag_id, run_id)."""
+    row = (
+        conn.execute(
+            sa.select(dag_run).where(dag_run.c.dag_id == dag_id, dag_run.c.run_id == run_id)
+        )
+        .mappings()
+        .first()
+    )
+    return None if row is None else to_run_row(row)
+
+
+def active_run_counts(conn: Connection, dag_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """(queued, running) run counts per DAG."""
+    if not dag_ids:
+        return {}
+    rows = conn.execute(
+        sa.select(dag_run.c.dag_id, dag_run.c.state, sa.func.count())
+        .where(dag_run.c.dag_id.in_(dag_ids), dag_run.c.state.in_(["queued", "running"]))
+        .group_by(dag_run.c.dag_id, dag_run.c.state)
+    )
+    counts: dict[str, tuple[int, int]] = {d: (0, 0) for d in dag_ids}
+    for dag_id, state, n in rows:
+        queued, running = counts[dag_id]
+        counts[dag_id] = (queued + n, running) if state == "queued" else (queued, running + n)
+    return counts
+
+
+def insert_runs(
+    conn: Connection, dag_id: str, runs: Iterable[NewRun], *, created_by: str
+) -> list[int]:
+    """Insert queued runs; a run whose (dag_id, logical_date) or run_id exists is skipped, so
+    two replicas can never create the same run twice. Returns the new primary keys."""
+    values = [
+        {
+            "dag_id": dag_id,
+            "run_id": r.run_id,
+            "logical_date": r.logical_date,
+            "data_interval_start": r.data_interval_start,
+            "data_interval_end": r.data_interval_end,
+            "run_type": r.run_type,
+            "state": DagRunState.QUEUED.value,
+            "run_after": r.run_after,
+            "conf": dict(r.conf or {}),
+            "created_by": created_by,
+        }
+        for r in runs
+    ]
+    if not values:
+        return []
+    result = conn.execute(
+        pg_insert(dag_run).values(values).on_conflict_do_nothing().returning(dag_run.c.id)
+    )
+    return [int(r[0]) for r in result]
+
+
+def record_schedule(
+    conn: Connection,
+    dag_id: str,
+    *,
+    last_interval: tuple[datetime, datetime] | None,
+    next_logical: datetime | None,
+    next_interval: tuple[datetime, datetime] | None,
+    next_create_after: datetime | None,
+    check_runs: bool,
+) -> None:
+    """Store where the DAG's schedule stands after creating runs (caller holds the dag row)."""
+    values: dict[str, Any] = {
+        "next_dagrun": next_logical,
+        "next_dagrun_interval_start": next_interval[0] if next_interval else None,
+        "next_dagrun_interval_end": next_interval[1] if next_interval else None,
+        "next_dagrun_create_after": next_create_after,
+        "check_runs": check_runs,
+        "updated_at": sa.func.clock_timestamp(),
+    }
+    if last_interval is not None:
+        values["last_automated_interval_start"] = last_interval[0]
+        values["last_automated_interval_end"] = last_interval[1]
+    conn.execute(sa.update(dag).where(dag.c.dag_id == dag_id).values(**values))
+
+
+def start_queued_runs(
+    conn: Connection, spec: DagSpec, *, slots: int, now: datetime
+) -> list[RunRow]:
+    """Move up to `slots` queued runs (oldest logical date first) to running and create their
+    task instances. Lock: `FOR UPDATE OF dag_run SKIP LOCKED` (caller holds the dag row)."""
+    if slots <= 0:
+        return []
+    locked = conn.execute(
+        sa.select(dag_run.c.id)
+        .where(dag_run.c.dag_id == spec.dag_id, dag_run.c.state == "queued")
+        .order_by(dag_run.c.logical_date)
+        .limit(slots)
+        .with_for_update(of=dag_run, skip_locked=True)
+    ).scalars()
+    ids = list(locked)
+    if not ids:
+        return []
+    rows = conn.execute(
+        sa.update(dag_run)
+        .where(dag_run.c.id.in_(ids), dag_run.c.state == "queued")
+        .values(state="running", start_date=now, examine_after=now)
+        .returning(*dag_run.c)
+    ).mappings()
+    started = [to_run_row(r) for r in rows]
+    insert_task_instances(conn, spec, started)
+    return started
+
+
+def insert_task_instances(
+    conn: Connection, spec: DagSpec, runs: Sequence[RunRow], task_ids: Iterable[str] | None = None
+) -> int:
+    """Create the task instances (state none) of runs for every task of the spec (or the given
+    ones); existing (run, task) pairs are left alone."""
+    wanted = list(task_ids) if task_ids is not None else list(spec.tasks)
+    values = [
+        {
+            "run_pk": run.id,
+            "dag_id": run.dag_id,
+            "run_id": run.run_id,
+            "task_id": t.task_id,
+            "logical_date": run.logical_date,
+            "max_tries": t.retries,
+            "pool": t.pool,
+            "pool_slots": t.pool_slots,
+            "queue": t.queue,
+            "priority_weight": t.priority_weight_total,
+            "max_active_tis_per_dag": t.max_active_tis_per_dag,
+            "operator": t.operator,
+        }
+        for run in runs
+        for t in (spec.tasks[i] for i in wanted if i in spec.tasks)
+    ]
+    if not values:
+        return 0
+    result = conn.execute(pg_insert(task_instance).values(values).on_conflict_do_nothing())
+    return int(result.rowcount)
+
+
+def finish_run(conn: Connection, run_pk: int, *, to: DagRunState, now: datetime) -> bool:
+    """Move a running run to success/failed (compare-and-set on state running)."""
+    result = conn.execute(
+        sa.update(dag_run)
+        .where(dag_run.c.id == run_pk, dag_run.c.state == "running")
+        .values(state=to.value, end_date=now, examine_after=None)
+    )
+    return result.rowcount == 1

@@ -1,0 +1,1 @@
+"""Pure scheduling decisions: snapshot in, frozen decisions with reasons out."""
