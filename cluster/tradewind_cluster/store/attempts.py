@@ -1,0 +1,206 @@
+"""Attempts and the reports workers send about them, applied only under the current token.
+
+Each update names the task instance's state and fencing token in its WHERE clause: a report
+for an attempt that was superseded (requeued, cleared, marked, reaped) matches no row and is
+refused with a reason, never applied. Finishing a try re-arms its run for examination."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tradewind.scheduling.retries import AttemptOutcome, OutcomeDecision
+from tradewind.states import TaskInstanceState
+from tradewind_cluster.store.schema import dag_run, task_attempt, task_instance
+
+__all__ = [
+    "AttemptStart",
+    "ReportResult",
+    "heartbeat_attempts",
+    "mark_dispatched",
+    "record_finish",
+    "record_start",
+    "requeue_attempt",
+]
+
+ti = task_instance
+_TI = TaskInstanceState
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportResult:
+    """Whether a report was applied, and why not when it was refused."""
+
+    accepted: bool
+    reason: str = ""
+    state: TaskInstanceState | None = None
+    run_pk: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptStart:
+    """What the store knows of a try when it starts: enough to decide its outcome later."""
+
+    dag_id: str
+    task_id: str
+    try_number: int
+    max_tries: int
+
+
+def _refusal(conn: Connection, ti_id: int, token: int) -> ReportResult:
+    row = conn.execute(sa.select(ti.c.state, ti.c.token).where(ti.c.id == ti_id)).first()
+    if row is None:
+        return ReportResult(accepted=False, reason=f"unknown task instance {ti_id}")
+    if row.token != token:
+        return ReportResult(
+            accepted=False, reason=f"stale token {token}: the current attempt has token {row.token}"
+        )
+    return ReportResult(
+        accepted=False, reason=f"task instance is {row.state}", state=_TI(row.state)
+    )
+
+
+def mark_dispatched(
+    conn: Connection, ti_id: int, token: int, *, worker_id: str, now: datetime
+) -> bool:
+    """Record which worker accepted the attempt (still queued, same token)."""
+    result = conn.execute(
+        sa.update(ti)
+        .where(ti.c.id == ti_id, ti.c.token == token, ti.c.state == "queued")
+        .values(worker=worker_id)
+    )
+    conn.execute(
+        sa.update(task_attempt)
+        .where(task_attempt.c.ti_id == ti_id, task_attempt.c.token == token)
+        .values(worker=worker_id, dispatched_at=now)
+    )
+    return result.rowcount == 1
+
+
+def requeue_attempt(
+    conn: Connection, ti_id: int, token: int, *, reason: str, now: datetime
+) -> bool:
+    """Send a queued attempt back to scheduled (dispatch failed, orphaned, queued too long);
+    the critical section will queue it again under a new token."""
+    result = conn.execute(
+        sa.update(ti)
+        .where(ti.c.id == ti_id, ti.c.token == token, ti.c.state == "queued")
+        .values(state="scheduled", worker=None, queued_by=None, reason=reason, updated_at=now)
+    )
+    conn.execute(
+        sa.update(task_attempt)
+        .where(task_attempt.c.ti_id == ti_id, task_attempt.c.token == token)
+        .values(state="requeued", end_date=now, error=reason)
+    )
+    return result.rowcount == 1
+
+
+def record_start(
+    conn: Connection, ti_id: int, token: int, *, worker_id: str, now: datetime
+) -> tuple[ReportResult, AttemptStart | None]:
+    """queued → running under the token; the try number counts tries that started."""
+    row = conn.execute(
+        sa.update(ti)
+        .where(ti.c.id == ti_id, ti.c.token == token, ti.c.state == "queued")
+        .values(
+            state="running",
+            try_number=ti.c.try_number + 1,
+            worker=worker_id,
+            start_date=now,
+            end_date=None,
+            heartbeat_at=now,
+            updated_at=now,
+        )
+        .returning(ti.c.run_pk, ti.c.dag_id, ti.c.task_id, ti.c.try_number, ti.c.max_tries)
+    ).first()
+    if row is None:
+        return _refusal(conn, ti_id, token), None
+    conn.execute(
+        sa.update(task_attempt)
+        .where(task_attempt.c.ti_id == ti_id, task_attempt.c.token == token)
+        .values(state="running", start_date=now, worker=worker_id)
+    )
+    start = AttemptStart(
+        dag_id=row.dag_id, task_id=row.task_id, try_number=row.try_number, max_tries=row.max_tries
+    )
+    return ReportResult(accepted=True, state=_TI.RUNNING, run_pk=row.run_pk), start
+
+
+def record_finish(
+    conn: Connection,
+    ti_id: int,
+    token: int,
+    *,
+    outcome: AttemptOutcome,
+    decide: Callable[[AttemptStart], OutcomeDecision],
+    now: datetime,
+    exit_code: int | None = None,
+    error: str | None = None,
+    followed: Sequence[str] | None = None,
+) -> ReportResult:
+    """running → success / skipped / up_for_retry / failed under the token, as `decide` says
+    (the caller passes the core's decide_outcome bound to the task's spec)."""
+    cur = conn.execute(
+        sa.select(ti.c.dag_id, ti.c.task_id, ti.c.try_number, ti.c.max_tries)
+        .where(ti.c.id == ti_id, ti.c.token == token, ti.c.state == "running")
+        .with_for_update()
+    ).first()
+    if cur is None:
+        return _refusal(conn, ti_id, token)
+    decision = decide(
+        AttemptStart(
+            dag_id=cur.dag_id,
+            task_id=cur.task_id,
+            try_number=cur.try_number,
+            max_tries=cur.max_tries,
+        )
+    )
+    row = conn.execute(
+        sa.update(ti)
+        .where(ti.c.id == ti_id, ti.c.token == token, ti.c.state == "running")
+        .values(
+            state=decision.to_state.value,
+            end_date=now,
+            next_retry_at=decision.next_retry_at,
+            followed=list(followed) if followed is not None else None,
+            reason=decision.reason,
+            updated_at=now,
+        )
+        .returning(ti.c.run_pk)
+    ).first()
+    if row is None:  # pragma: no cover - the row is locked above
+        return _refusal(conn, ti_id, token)
+    conn.execute(
+        sa.update(task_attempt)
+        .where(task_attempt.c.ti_id == ti_id, task_attempt.c.token == token)
+        .values(state=outcome.value, end_date=now, exit_code=exit_code, error=error)
+    )
+    conn.execute(
+        sa.update(dag_run)
+        .where(dag_run.c.id == row.run_pk, dag_run.c.state == "running")
+        .values(examine_after=now)
+    )
+    return ReportResult(accepted=True, state=decision.to_state, run_pk=row.run_pk)
+
+
+def heartbeat_attempts(
+    conn: Connection, refs: Sequence[tuple[int, int]], *, now: datetime
+) -> list[tuple[int, int]]:
+    """Refresh the heartbeat of attempts a worker says it runs; returns those no longer wanted
+    (token superseded, or the task instance left queued/running): the worker kills them."""
+    if not refs:
+        return []
+    alive = conn.execute(
+        sa.update(ti)
+        .where(
+            sa.tuple_(ti.c.id, ti.c.token).in_(list(refs)), ti.c.state.in_(["queued", "running"])
+        )
+        .values(heartbeat_at=now)
+        .returning(ti.c.id, ti.c.token)
+    ).all()
+    wanted = {(r[0], r[1]) for r in alive}
+    return [r for r in refs if r not in wanted]
