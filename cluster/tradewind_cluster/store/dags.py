@@ -11,7 +11,7 @@ from tradewind_cluster.store.rows import to_dag_row
 from tradewind_cluster.store.schema import dag
 from tradewind_cluster.store.snapshots import DagRow
 
-__all__ = ["claim_due_dags"]
+__all__ = ["claim_due_dags", "clear_check_runs", "set_paused"]
 
 
 def claim_due_dags(conn: Connection, *, now: datetime, limit: int) -> list[DagRow]:
@@ -29,3 +29,16 @@ def claim_due_dags(conn: Connection, *, now: datetime, limit: int) -> list[DagRo
         .with_for_update(of=dag, skip_locked=True)
     ).mappings()
     return [to_dag_row(r) for r in rows]
+
+
+def clear_check_runs(conn: Connection, dag_id: str) -> None:
+    """The DAG was looked at; it needs no further look until a run finishes or is triggered."""
+    conn.execute(sa.update(dag).where(dag.c.dag_id == dag_id).values(check_runs=False))
+
+
+def set_paused(conn: Connection, dag_id: str, paused: bool) -> bool:
+    """Pause or unpause a DAG; unpausing asks the schedulers to look at it at once."""
+    result = conn.execute(
+        sa.update(dag).where(dag.c.dag_id == dag_id).values(is_paused=paused, check_runs=not paused)
+    )
+    return result.rowcount == 1

@@ -24,7 +24,7 @@ from tenacity import (
 
 from tradewind.errors import RetryableError, StoreUnavailableError
 
-__all__ = ["Database", "DatabaseOptions", "is_transient", "unavailable_as_error"]
+__all__ = ["Connection", "Database", "DatabaseOptions", "is_transient", "unavailable_as_error"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import select
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,15 +40,15 @@ class Listener:
             self._raw = raw
         return self._raw.driver_connection
 
-    def wait(self, timeout_s: float) -> set[str]:
-        """Block up to timeout_s for notifications; a broken connection is dropped and retried
-        on the next call (the caller's loop still wakes on its timeout)."""
+    def wait(self, timeout_s: float, also: Sequence[int] = ()) -> set[str]:
+        """Block up to timeout_s for notifications (or until a file descriptor in `also` is
+        readable); a broken connection is dropped and retried on the next call."""
         try:
             pg = self._ensure()
             pg.poll()
             if not pg.notifies:
-                ready, _, _ = select.select([pg], [], [], timeout_s)
-                if ready:
+                ready, _, _ = select.select([pg, *also], [], [], timeout_s)
+                if pg in ready:
                     pg.poll()
             topics = {n.payload for n in pg.notifies}
             pg.notifies.clear()

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 
 from tradewind.spec import DagSpec
 from tradewind.states import DagRunState
+from tradewind_cluster.store.notify import notify
 from tradewind_cluster.store.rows import to_run_row
 from tradewind_cluster.store.schema import dag, dag_run, task_instance
 from tradewind_cluster.store.snapshots import RunRow
@@ -28,7 +29,9 @@ __all__ = [
     "get_run",
     "insert_runs",
     "record_schedule",
+    "runs_by_key",
     "start_queued_runs",
+    "trigger_run",
 ]
 
 
@@ -192,3 +195,26 @@ def finish_run(conn: Connection, run_pk: int, *, to: DagRunState, now: datetime)
         .values(state=to.value, end_date=now, examine_after=None)
     )
     return result.rowcount == 1
+
+
+def runs_by_key(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], RunRow]:
+    """Runs by (dag_id, run_id), for building what a worker needs to know about a run."""
+    if not keys:
+        return {}
+    rows = conn.execute(
+        sa.select(dag_run).where(
+            sa.tuple_(dag_run.c.dag_id, dag_run.c.run_id).in_(sorted(set(keys)))
+        )
+    ).mappings()
+    return {(r["dag_id"], r["run_id"]): to_run_row(r) for r in rows}
+
+
+def trigger_run(conn: Connection, dag_id: str, run: NewRun, *, created_by: str) -> int | None:
+    """Insert a queued manual (or backfill) run and ask the schedulers to start it.
+    Returns its primary key, or None when a run with that id or logical date exists.
+    Lock order: the dag row is updated first, then the run inserted (dag → dag_run)."""
+    conn.execute(sa.update(dag).where(dag.c.dag_id == dag_id).values(check_runs=True))
+    ids = insert_runs(conn, dag_id, [run], created_by=created_by)
+    if ids:
+        notify(conn, "runs")
+    return ids[0] if ids else None

@@ -1,0 +1,129 @@
+"""Step 6 of the loop: hand queued attempts to workers through the Dispatcher port. The
+attempt and its fencing token were committed by the critical section before anything is sent;
+an attempt no worker accepts goes back to scheduled and is queued again under a new token."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from tradewind.spec import DagSpec, TaskSpec
+from tradewind_cluster.scheduler.context import SchedulerContext
+from tradewind_cluster.store import attempts as store_attempts
+from tradewind_cluster.store import runs as store_runs
+from tradewind_cluster.store.database import Connection
+from tradewind_cluster.store.queueing import QueuedAttempt
+from tradewind_cluster.store.snapshots import RunRow
+
+__all__ = ["DispatchRequest", "DispatchResult", "DispatchStep", "Dispatcher"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DispatchRequest:
+    """Everything a worker needs to run one attempt without asking the store."""
+
+    attempt: QueuedAttempt
+    task: TaskSpec
+    dag: DagSpec
+    file_hash: str
+    run_context: Mapping[str, Any]  # run_id, logical date, data interval, conf, params
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DispatchResult:
+    """A worker's answer for one attempt; `worker_id` is None when nobody accepted it."""
+
+    ti_id: int
+    token: int
+    worker_id: str | None
+    error: str | None = None
+
+
+class Dispatcher(Protocol):
+    """The port to whatever runs attempts: gRPC workers, or an in-process fake in tests."""
+
+    def dispatch(self, requests: Sequence[DispatchRequest]) -> list[DispatchResult]:
+        """Send each attempt to a worker serving its queue; never raises for one bad attempt."""
+        ...
+
+    def queue_open(self) -> Mapping[str, int] | None:
+        """Free worker slots per queue, or None when unknown (no limit on queueing)."""
+        ...
+
+
+def _run_context(run: RunRow, dag: DagSpec) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "run_type": run.run_type,
+        "logical_date": run.logical_date.isoformat(),
+        "data_interval_start": run.data_interval_start.isoformat()
+        if run.data_interval_start
+        else None,
+        "data_interval_end": run.data_interval_end.isoformat() if run.data_interval_end else None,
+        "conf": dict(run.conf),
+        "params": dict(dag.params),
+    }
+
+
+class DispatchStep:
+    """Builds requests for attempts this replica queued and applies the workers' answers."""
+
+    def __init__(self, ctx: SchedulerContext, dispatcher: Dispatcher) -> None:
+        self.ctx = ctx
+        self.dispatcher = dispatcher
+
+    def run_once(
+        self, queued: Sequence[QueuedAttempt], now: datetime | None = None
+    ) -> list[DispatchResult]:
+        """Dispatch the given attempts; failures are requeued."""
+        if not queued:
+            return []
+        now = now or self.ctx.clock()
+        requests = self.ctx.db.read(lambda c: self._requests(c, queued))
+        results = self.dispatcher.dispatch(requests) if requests else []
+        self.ctx.db.transaction(lambda c: self._apply(c, results, now))
+        for q in queued:
+            self.ctx.metrics.incr("scheduler.tasks.dispatched", queue=q.queue)
+        return results
+
+    def _requests(self, conn: Connection, queued: Sequence[QueuedAttempt]) -> list[DispatchRequest]:
+        specs = self.ctx.specs.get_many(conn, [q.dag_id for q in queued])
+        runs = store_runs.runs_by_key(conn, [(q.dag_id, q.run_id) for q in queued])
+        out: list[DispatchRequest] = []
+        for q in queued:
+            dag, run = specs.get(q.dag_id), runs.get((q.dag_id, q.run_id))
+            if dag is None or run is None or q.task_id not in dag.tasks:
+                continue
+            out.append(
+                DispatchRequest(
+                    attempt=q,
+                    task=dag.tasks[q.task_id],
+                    dag=dag,
+                    file_hash=self.ctx.specs.file_hash(q.dag_id) or "",
+                    run_context=_run_context(run, dag),
+                )
+            )
+        return out
+
+    def _apply(self, conn: Connection, results: Sequence[DispatchResult], now: datetime) -> None:
+        for r in results:
+            if r.worker_id is not None:
+                store_attempts.mark_dispatched(
+                    conn, r.ti_id, r.token, worker_id=r.worker_id, now=now
+                )
+                continue
+            reason = f"dispatch failed: {r.error or 'no worker accepted it'}"
+            store_attempts.requeue_attempt(conn, r.ti_id, r.token, reason=reason, now=now)
+            self.ctx.metrics.incr("scheduler.tasks.requeued", reason="dispatch_failed")
+            log.warning(
+                "attempt %s/%s requeued: %s",
+                r.ti_id,
+                r.token,
+                reason,
+                extra={"event": "dispatch_failed"},
+            )

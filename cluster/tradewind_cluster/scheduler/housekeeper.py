@@ -1,0 +1,154 @@
+"""Step 7 of the loop: housekeeping, each sweep on its own interval and sharded by row locks —
+peers (declare dead), orphans of dead replicas, attempts stuck in queued, and zombies."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from tradewind.scheduling.retries import FailureDecision, decide_failure
+from tradewind.spec import TaskKind, TaskSpec
+from tradewind_cluster.scheduler.context import SchedulerContext
+from tradewind_cluster.store import housekeeping as store_hk
+from tradewind_cluster.store.database import Connection
+from tradewind_cluster.store.notify import notify
+
+__all__ = ["Housekeeper", "HousekeepingReport"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HousekeepingReport:
+    """What one pass found."""
+
+    declared_dead: tuple[str, ...] = ()
+    zombies: tuple[store_hk.Reaped, ...] = ()
+    orphans_requeued: tuple[store_hk.Reaped, ...] = ()
+    orphans_adopted: int = 0
+    stuck_queued: tuple[store_hk.Reaped, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        """True when anything moved (the loop then goes round again at once)."""
+        return bool(
+            self.zombies or self.orphans_requeued or self.stuck_queued or self.declared_dead
+        )
+
+
+class _Every:
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._last = float("-inf")
+
+    def due(self, force: bool) -> bool:
+        now = self._clock()
+        if force or now - self._last >= self.interval_s:
+            self._last = now
+            return True
+        return False
+
+
+class Housekeeper:
+    """Runs the sweeps whose interval has passed (all of them with force=True, in tests)."""
+
+    def __init__(self, ctx: SchedulerContext, watch_peers: Callable[[], list[str]] = list) -> None:
+        self.ctx = ctx
+        self._watch_peers = watch_peers
+        opts = ctx.options
+        self._peers = _Every(0.5)
+        self._orphans = _Every(opts.orphan_check_interval_s)
+        self._zombies = _Every(opts.zombie_check_interval_s)
+
+    def run_once(self, now: datetime | None = None, *, force: bool = False) -> HousekeepingReport:
+        """Run the sweeps that are due."""
+        now = now or self.ctx.clock()
+        declared = tuple(self._watch_peers()) if self._peers.due(force) else ()
+        requeued: tuple[store_hk.Reaped, ...] = ()
+        stuck: tuple[store_hk.Reaped, ...] = ()
+        adopted = 0
+        if declared or self._orphans.due(force):
+            requeued, adopted, stuck = self.ctx.db.transaction(
+                lambda c: self._orphans_and_stuck(c, now)
+            )
+        zombies = (
+            self.ctx.db.transaction(lambda c: self._reap(c, now))
+            if self._zombies.due(force)
+            else ()
+        )
+        report = HousekeepingReport(
+            declared_dead=declared,
+            zombies=tuple(zombies),
+            orphans_requeued=requeued,
+            orphans_adopted=adopted,
+            stuck_queued=stuck,
+        )
+        self._emit(report)
+        return report
+
+    def _orphans_and_stuck(
+        self, conn: Connection, now: datetime
+    ) -> tuple[tuple[store_hk.Reaped, ...], int, tuple[store_hk.Reaped, ...]]:
+        opts = self.ctx.options
+        limit = opts.max_tis_per_query
+        requeued, adopted = store_hk.adopt_orphans(
+            conn, member_id=self.ctx.member_id, now=now, limit=limit
+        )
+        stuck = store_hk.requeue_stuck_queued(
+            conn,
+            now=now,
+            timeout=opts.queued_timeout,
+            max_requeues=opts.queued_max_requeues,
+            limit=limit,
+        )
+        if requeued or stuck:
+            notify(conn, "scheduled")
+        return tuple(requeued), adopted, tuple(stuck)
+
+    def _reap(self, conn: Connection, now: datetime) -> list[store_hk.Reaped]:
+        reaped = store_hk.reap_zombies(
+            conn,
+            now=now,
+            threshold=self.ctx.options.zombie_threshold,
+            decide=self._failure_decider(conn, now),
+            limit=self.ctx.options.max_tis_per_query,
+        )
+        if reaped:
+            notify(conn, "examine")
+        return reaped
+
+    def _failure_decider(
+        self, conn: Connection, now: datetime
+    ) -> Callable[[str, str, int, int], FailureDecision]:
+        def decide(dag_id: str, task_id: str, try_number: int, max_tries: int) -> FailureDecision:
+            spec = self.ctx.specs.get_many(conn, [dag_id]).get(dag_id)
+            task = spec.tasks.get(task_id) if spec else None
+            task = task or TaskSpec(task_id=task_id, operator="?", kind=TaskKind.CALLABLE)
+            return decide_failure(task, try_number, max_tries, now, self.ctx.rng.random)
+
+        return decide
+
+    def _emit(self, report: HousekeepingReport) -> None:
+        m = self.ctx.metrics
+        for z in report.zombies:
+            m.incr("zombies_killed", dag_id=z.dag_id, task_id=z.task_id)
+            log.warning(
+                "zombie %s.%s (%s): %s",
+                z.dag_id,
+                z.task_id,
+                z.run_id,
+                z.reason,
+                extra={"event": "zombie"},
+            )
+        if report.orphans_requeued:
+            m.incr("scheduler.orphaned_tasks.cleared", len(report.orphans_requeued))
+        if report.orphans_adopted:
+            m.incr("scheduler.orphaned_tasks.adopted", report.orphans_adopted)
+        if report.stuck_queued:
+            m.incr("scheduler.tasks.requeued", len(report.stuck_queued), reason="queued_timeout")
+        if report.declared_dead:
+            m.incr("scheduler.members.declared_dead", len(report.declared_dead))

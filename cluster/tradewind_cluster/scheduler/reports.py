@@ -1,0 +1,105 @@
+"""Applying what workers report (start, finish, heartbeats) through the fenced store calls,
+whichever scheduler replica the worker happens to be talking to."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from tradewind.scheduling.retries import AttemptOutcome, OutcomeDecision, decide_outcome
+from tradewind_cluster.scheduler.context import SchedulerContext
+from tradewind_cluster.store import attempts as store_attempts
+from tradewind_cluster.store.attempts import AttemptStart, ReportResult
+from tradewind_cluster.store.database import Connection
+from tradewind_cluster.store.notify import notify
+
+__all__ = ["ReportHandler"]
+
+log = logging.getLogger(__name__)
+
+
+class ReportHandler:
+    """Turns worker reports into compare-and-set updates; stale ones are refused and counted."""
+
+    def __init__(self, ctx: SchedulerContext, on_change: Callable[[], None] = lambda: None) -> None:
+        self.ctx = ctx
+        self.on_change = on_change  # wakes this replica's own loop at once
+
+    def started(
+        self, ti_id: int, token: int, *, worker_id: str, at: datetime | None = None
+    ) -> ReportResult:
+        """The worker started the attempt's user code."""
+        now = at or self.ctx.clock()
+        result, _ = self.ctx.db.transaction(
+            lambda c: store_attempts.record_start(c, ti_id, token, worker_id=worker_id, now=now)
+        )
+        self._count(result)
+        return result
+
+    def finished(
+        self,
+        ti_id: int,
+        token: int,
+        *,
+        outcome: AttemptOutcome,
+        exit_code: int | None = None,
+        error: str | None = None,
+        followed: Sequence[str] | None = None,
+        at: datetime | None = None,
+    ) -> ReportResult:
+        """The attempt ended; the core decides success / skipped / retry / failed."""
+        now = at or self.ctx.clock()
+
+        def apply(conn: Connection) -> ReportResult:
+            decide = self._decider(conn, outcome, now)
+            result = store_attempts.record_finish(
+                conn,
+                ti_id,
+                token,
+                outcome=outcome,
+                decide=decide,
+                now=now,
+                exit_code=exit_code,
+                error=error,
+                followed=followed,
+            )
+            if result.accepted:
+                notify(conn, "examine")
+            return result
+
+        result = self.ctx.db.transaction(apply)
+        self._count(result)
+        if result.accepted:
+            self.on_change()
+        return result
+
+    def heartbeat(
+        self, refs: Sequence[tuple[int, int]], at: datetime | None = None
+    ) -> list[tuple[int, int]]:
+        """Refresh running attempts; returns those the worker must kill (undead)."""
+        now = at or self.ctx.clock()
+        return self.ctx.db.transaction(
+            lambda c: store_attempts.heartbeat_attempts(c, refs, now=now)
+        )
+
+    def _decider(
+        self, conn: Connection, outcome: AttemptOutcome, now: datetime
+    ) -> Callable[[AttemptStart], OutcomeDecision]:
+        def decide(start: AttemptStart) -> OutcomeDecision:
+            spec = self.ctx.specs.get_many(conn, [start.dag_id]).get(start.dag_id)
+            task = spec.tasks.get(start.task_id) if spec else None
+            if task is None:  # the task left the DAG while running: no retry to honour
+                from tradewind.spec import TaskKind, TaskSpec
+
+                task = TaskSpec(task_id=start.task_id, operator="?", kind=TaskKind.CALLABLE)
+            return decide_outcome(
+                task, outcome, start.try_number, start.max_tries, now, self.ctx.rng.random
+            )
+
+        return decide
+
+    def _count(self, result: ReportResult) -> None:
+        if not result.accepted and result.reason.startswith("stale token"):
+            self.ctx.metrics.incr("scheduler.reports.stale")
+            log.warning("refused report: %s", result.reason, extra={"event": "stale_report"})

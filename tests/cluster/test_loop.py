@@ -1,0 +1,166 @@
+"""The scheduler loop in process, step by step, with an in-process dispatcher: triggers and
+schedules become runs, trigger rules and retries play out, and runs finish."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from tests.support.dags import register, trigger
+from tradewind.dag import DAG
+from tradewind.operators.bash import BashOperator
+from tradewind.operators.empty import EmptyOperator
+from tradewind_cluster.scheduler.context import SchedulerContext, SchedulerOptions
+from tradewind_cluster.scheduler.local_dispatch import LocalDispatcher
+from tradewind_cluster.scheduler.loop import SchedulerLoop
+from tradewind_cluster.scheduler.reports import ReportHandler
+from tradewind_cluster.store import members
+from tradewind_cluster.store.database import Database
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def replica(database: Database) -> Iterator[tuple[SchedulerLoop, LocalDispatcher]]:
+    database.transaction(
+        lambda c: members.register_member(
+            c, member_id="r1", name="r1", hostname="h", pid=1, version="t"
+        )
+    )
+    ctx = SchedulerContext(db=database, member_id="r1", options=SchedulerOptions(idle_sleep_s=0.05))
+    reports = ReportHandler(ctx)
+    dispatcher = LocalDispatcher(reports, slots=4)
+    loop = SchedulerLoop(ctx, dispatcher)
+    reports.on_change = loop.waker.wake
+    yield loop, dispatcher
+    dispatcher.close()
+    loop.close()
+
+
+def states(db: Database, dag_id: str) -> dict[str, str]:
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT task_id, state FROM task_instance WHERE dag_id = :d"), {"d": dag_id}
+        )
+        return dict(rows.all())
+
+
+def run_state(db: Database, dag_id: str) -> list[str]:
+    with db.engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.text("SELECT state FROM dag_run WHERE dag_id = :d ORDER BY logical_date"),
+                {"d": dag_id},
+            ).scalars()
+        )
+
+
+def drive(loop: SchedulerLoop, until: callable, timeout: float = 20) -> None:  # type: ignore[valid-type]
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "condition not reached"
+        report = loop.run_once()
+        assert report.errors == {}
+        if not report.busy:
+            time.sleep(0.01)
+
+
+def test_triggered_chain_with_skip_and_empty_runs_to_success(database: Database, replica) -> None:  # type: ignore[no-untyped-def]
+    loop, _ = replica
+    with DAG("chain", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        a = BashOperator(task_id="a", bash_command="true")
+        b = EmptyOperator(task_id="b")
+        c = BashOperator(task_id="c", bash_command="exit 99")
+        d = BashOperator(task_id="d", bash_command="true")
+        a >> b >> c >> d
+    now = datetime.now(UTC)
+    spec = register(database, dag, now=now)
+    trigger(database, spec, now - timedelta(minutes=1))
+    drive(loop, lambda: run_state(database, "chain") == ["success"])
+    assert states(database, "chain") == {
+        "a": "success",
+        "b": "success",
+        "c": "skipped",
+        "d": "skipped",
+    }
+
+
+def test_failure_retries_then_fails_the_run_and_all_done_still_runs(
+    database: Database, replica
+) -> None:  # type: ignore[no-untyped-def]
+    loop, _ = replica
+    with DAG("flaky", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        bad = BashOperator(
+            task_id="bad", bash_command="exit 3", retries=1, retry_delay=timedelta(seconds=0)
+        )
+        cleanup = BashOperator(task_id="cleanup", bash_command="true", trigger_rule="all_done")
+        after = BashOperator(task_id="after", bash_command="true")
+        bad >> [cleanup, after]
+    now = datetime.now(UTC)
+    spec = register(database, dag, now=now)
+    trigger(database, spec, now - timedelta(minutes=1))
+    drive(loop, lambda: run_state(database, "flaky") == ["failed"])
+    assert states(database, "flaky") == {
+        "bad": "failed",
+        "cleanup": "success",
+        "after": "upstream_failed",
+    }
+    with database.engine.connect() as conn:
+        tries = conn.execute(
+            sa.text("SELECT try_number FROM task_instance WHERE task_id = 'bad'")
+        ).scalar_one()
+        attempts = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM task_attempt a JOIN task_instance t ON t.id = a.ti_id "
+                "WHERE t.task_id = 'bad'"
+            )
+        ).scalar_one()
+    assert (tries, attempts) == (2, 2)
+
+
+def test_catchup_creates_every_interval_once_within_max_active_runs(
+    database: Database, replica
+) -> None:  # type: ignore[no-untyped-def]
+    loop, _ = replica
+    now = datetime.now(UTC).replace(microsecond=0)
+    with DAG(
+        "hourly",
+        schedule=timedelta(hours=1),
+        start_date=now - timedelta(hours=5, minutes=30),
+        catchup=True,
+        max_active_runs=2,
+    ) as dag:
+        BashOperator(task_id="t", bash_command="true")
+    register(database, dag, now=now)
+    drive(loop, lambda: run_state(database, "hourly") == ["success"] * 5)
+    loop.run_once()
+    assert run_state(database, "hourly") == ["success"] * 5
+
+
+def test_run_forever_wakes_on_work_and_stops(database: Database, replica) -> None:  # type: ignore[no-untyped-def]
+    loop, _ = replica
+    with DAG("wake", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        BashOperator(task_id="t", bash_command="true")
+    loop.ctx.options = SchedulerOptions(idle_sleep_s=30)  # only a wake-up can make this fast
+    now = datetime.now(UTC)
+    spec = register(database, dag, now=now)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run_forever, args=(stop,))
+    thread.start()
+    try:
+        time.sleep(0.2)  # let it go idle
+        trigger(database, spec, now - timedelta(minutes=1))
+        deadline = time.monotonic() + 10
+        while run_state(database, "wake") != ["success"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        loop.waker.wake()
+        thread.join(10)
+    assert not thread.is_alive()
