@@ -1,0 +1,219 @@
+"""OpenTelemetry set-up from the [tracing] section and W3C trace-context propagation, so a trace
+crosses gRPC metadata and a task subprocess's environment (TRACEPARENT)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.trace import Span, SpanKind, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util import types
+from opentelemetry.util._decorator import _AgnosticContextManager
+
+from tradewind.errors import ConfigError
+from tradewind_cluster.config import TracingExporter, TracingSettings
+
+__all__ = [
+    "TRACEPARENT_ENV",
+    "TRACESTATE_ENV",
+    "configure_tracing",
+    "extract_context",
+    "extract_env",
+    "inject_context",
+    "inject_env",
+    "shutdown_tracing",
+    "tracer",
+]
+
+TRACEPARENT_ENV = "TRACEPARENT"
+TRACESTATE_ENV = "TRACESTATE"
+
+# The W3C propagator itself, not the global one: OTEL_PROPAGATORS must not change the wire format
+# between our own processes.
+_PROPAGATOR = TraceContextTextMapPropagator()
+_OTLP_MODULES = (
+    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+)
+
+
+class _Active:
+    """The provider `tracer()` uses: module state set by configure_tracing, never at import."""
+
+    lock = threading.Lock()
+    provider: TracerProvider | None = None
+    global_set = False
+
+
+def _otlp_exporter(settings: TracingSettings) -> SpanExporter:
+    for module_name in _OTLP_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        kwargs = {} if settings.otlp_endpoint is None else {"endpoint": settings.otlp_endpoint}
+        exporter: SpanExporter = module.OTLPSpanExporter(**kwargs)
+        return exporter
+    raise ConfigError(
+        "tracing.exporter = otlp needs the opentelemetry-exporter-otlp package, which is not "
+        "installed (pip install opentelemetry-exporter-otlp), or set tracing.exporter to "
+        "none or console"
+    )
+
+
+def _processors(settings: TracingSettings, exporter: SpanExporter | None) -> list[SpanProcessor]:
+    processors: list[SpanProcessor] = []
+    if settings.exporter is TracingExporter.CONSOLE:
+        # stderr: stdout belongs to CLI command output.
+        processors.append(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+    elif settings.exporter is TracingExporter.OTLP:
+        processors.append(BatchSpanProcessor(_otlp_exporter(settings)))
+    if exporter is not None:
+        processors.append(SimpleSpanProcessor(exporter))
+    return processors
+
+
+def configure_tracing(
+    settings: TracingSettings,
+    *,
+    exporter: SpanExporter | None = None,
+    attributes: Mapping[str, str] | None = None,
+    set_global: bool = False,
+) -> TracerProvider:
+    """Build the process's TracerProvider (service.name from settings) and make `tracer()` use it.
+
+    `exporter` adds one more exporter (tests pass an InMemorySpanExporter). With set_global (the
+    CLI's choice; never tests') the OpenTelemetry global provider is set too, once per process.
+    Spans are recorded even with exporter none, so trace context still propagates."""
+    processors = _processors(settings, exporter)  # raises ConfigError before any state changes
+    resource = Resource.create({**(attributes or {}), SERVICE_NAME: settings.service_name})
+    provider = TracerProvider(resource=resource)
+    for processor in processors:
+        provider.add_span_processor(processor)
+    with _Active.lock:
+        previous, _Active.provider = _Active.provider, provider
+        if set_global and not _Active.global_set:
+            trace.set_tracer_provider(provider)
+            _Active.global_set = True
+    if previous is not None and previous is not provider:
+        previous.shutdown()
+    return provider
+
+
+def shutdown_tracing() -> None:
+    """Flush and stop the active provider; `tracer()` falls back to the global one."""
+    with _Active.lock:
+        provider, _Active.provider = _Active.provider, None
+    if provider is not None:
+        provider.shutdown()
+
+
+def _current_tracer(name: str) -> Tracer:
+    provider = _Active.provider
+    if provider is not None:
+        return provider.get_tracer(name)
+    return trace.get_tracer(name)
+
+
+class _ActiveTracer(Tracer):
+    """Resolves the active provider on every span, so a tracer taken at import time still
+    follows a later (or a test's) configure_tracing."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> Span:
+        """Start a span with the active provider's tracer."""
+        return _current_tracer(self.name).start_span(
+            name, context, kind, attributes, links, start_time, record_exception,
+            set_status_on_exception,
+        )  # fmt: skip
+
+    def start_as_current_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> _AgnosticContextManager[Span]:
+        """Start a span and make it current, with the active provider's tracer."""
+        return _current_tracer(self.name).start_as_current_span(
+            name, context, kind, attributes, links, start_time, record_exception,
+            set_status_on_exception, end_on_exit,
+        )  # fmt: skip
+
+
+def tracer(name: str) -> Tracer:
+    """A tracer for instrumenting module `name` that always uses the active provider."""
+    return _ActiveTracer(name)
+
+
+def inject_context(context: Context | None = None) -> dict[str, str]:
+    """The current (or given) trace context as W3C headers: {"traceparent": ..., "tracestate"}."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=context)
+    return carrier
+
+
+def _pairs(carrier: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    if isinstance(carrier, Mapping):
+        yield from carrier.items()
+    else:
+        yield from carrier
+
+
+def extract_context(
+    carrier: Mapping[str, Any] | Iterable[tuple[str, Any]], context: Context | None = None
+) -> Context:
+    """A context whose parent is the span described by W3C headers in carrier (a mapping or
+    gRPC metadata pairs); non-text values are ignored and keys are case-insensitive."""
+    headers = {key.lower(): value for key, value in _pairs(carrier) if isinstance(value, str)}
+    return _PROPAGATOR.extract(headers, context=context)
+
+
+def inject_env(context: Context | None = None) -> dict[str, str]:
+    """The trace context as environment variables (TRACEPARENT, TRACESTATE) for a subprocess."""
+    headers = inject_context(context)
+    env = {TRACEPARENT_ENV: headers["traceparent"]} if "traceparent" in headers else {}
+    if "tracestate" in headers:
+        env[TRACESTATE_ENV] = headers["tracestate"]
+    return env
+
+
+def extract_env(environ: Mapping[str, str]) -> Context:
+    """The parent context a subprocess inherits from TRACEPARENT / TRACESTATE (empty if unset)."""
+    headers = {
+        header: environ[name]
+        for header, name in (("traceparent", TRACEPARENT_ENV), ("tracestate", TRACESTATE_ENV))
+        if name in environ
+    }
+    return _PROPAGATOR.extract(headers)

@@ -1,0 +1,161 @@
+"""Tracing set-up from the [tracing] section and W3C context propagation: a child started from
+an injected-then-extracted carrier (gRPC metadata or TRACEPARENT) is linked to its parent."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tradewind.errors import ConfigError
+from tradewind_cluster.config import TracingExporter, TracingSettings
+from tradewind_cluster.observability import (
+    TRACEPARENT_ENV,
+    configure_tracing,
+    extract_context,
+    extract_env,
+    inject_context,
+    inject_env,
+    shutdown_tracing,
+    tracer,
+)
+
+# Taken at import time on purpose: it must still follow each test's configure_tracing.
+MODULE_TRACER = tracer(__name__)
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    configure_tracing(TracingSettings(), exporter=exporter)
+    yield exporter
+    shutdown_tracing()
+
+
+def by_name(exporter: InMemorySpanExporter) -> dict[str, ReadableSpan]:
+    return {span.name: span for span in exporter.get_finished_spans()}
+
+
+def assert_child_of(child: ReadableSpan, parent: ReadableSpan) -> None:
+    assert child.parent is not None
+    assert parent.context is not None
+    assert child.context is not None
+    assert child.parent.span_id == parent.context.span_id
+    assert child.context.trace_id == parent.context.trace_id
+    assert child.parent.is_remote
+
+
+def test_parent_and_child_across_inject_and_extract(spans: InMemorySpanExporter) -> None:
+    with MODULE_TRACER.start_as_current_span("dispatch"):
+        carrier = inject_context()
+    assert set(carrier) == {"traceparent"}
+    assert trace.get_current_span() is trace.INVALID_SPAN  # the child below is not nested
+    with tracer("worker").start_as_current_span("start", context=extract_context(carrier)):
+        pass
+    found = by_name(spans)
+    assert_child_of(found["start"], found["dispatch"])
+
+
+def test_grpc_metadata_pairs_are_a_carrier(spans: InMemorySpanExporter) -> None:
+    parent = MODULE_TRACER.start_span("rpc-client")
+    metadata = [
+        ("authorization", "Bearer x"),
+        *inject_context(trace.set_span_in_context(parent)).items(),
+        ("trace-bin", b"\x00\x01"),
+    ]
+    parent.end()
+    MODULE_TRACER.start_span("rpc-server", context=extract_context(metadata)).end()
+    found = by_name(spans)
+    assert_child_of(found["rpc-server"], found["rpc-client"])
+
+
+def test_header_names_are_case_insensitive(spans: InMemorySpanExporter) -> None:
+    with MODULE_TRACER.start_as_current_span("parent"):
+        carrier = {key.title(): value for key, value in inject_context().items()}
+    MODULE_TRACER.start_span("child", context=extract_context(carrier)).end()
+    found = by_name(spans)
+    assert_child_of(found["child"], found["parent"])
+
+
+def test_environment_round_trip_for_a_task_subprocess(spans: InMemorySpanExporter) -> None:
+    with MODULE_TRACER.start_as_current_span("run-task"):
+        env = inject_env()
+    assert set(env) == {TRACEPARENT_ENV}
+    assert env[TRACEPARENT_ENV].startswith("00-")
+    subprocess_env = {"PATH": "/bin", **env}
+    MODULE_TRACER.start_span("task", context=extract_env(subprocess_env)).end()
+    found = by_name(spans)
+    assert_child_of(found["task"], found["run-task"])
+
+
+def test_no_context_gives_a_root_span(spans: InMemorySpanExporter) -> None:
+    assert inject_context() == {}
+    assert inject_env() == {}
+    MODULE_TRACER.start_span("root", context=extract_env({"PATH": "/bin"})).end()
+    MODULE_TRACER.start_span("bad", context=extract_context({"traceparent": "garbage"})).end()
+    found = by_name(spans)
+    assert found["root"].parent is None
+    assert found["bad"].parent is None
+
+
+def test_resource_names_the_service() -> None:
+    exporter = InMemorySpanExporter()
+    provider = configure_tracing(
+        TracingSettings(service_name="tw-scheduler"),
+        exporter=exporter,
+        attributes={"service.instance.id": "replica-1"},
+        set_global=False,
+    )
+    try:
+        MODULE_TRACER.start_span("x").end()
+        (span,) = exporter.get_finished_spans()
+        assert span.resource.attributes["service.name"] == "tw-scheduler"
+        assert span.resource.attributes["service.instance.id"] == "replica-1"
+        assert provider.resource.attributes["service.name"] == "tw-scheduler"
+        # set_global=False leaves the OpenTelemetry global alone.
+        assert trace.get_tracer_provider() is not provider
+    finally:
+        shutdown_tracing()
+
+
+def test_exporter_none_still_records_so_context_propagates() -> None:
+    configure_tracing(TracingSettings(exporter=TracingExporter.NONE), set_global=False)
+    try:
+        with MODULE_TRACER.start_as_current_span("s") as span:
+            assert span.is_recording()
+            assert "traceparent" in inject_context()
+    finally:
+        shutdown_tracing()
+
+
+def test_console_exporter_writes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_tracing(TracingSettings(exporter=TracingExporter.CONSOLE), set_global=False)
+    try:
+        MODULE_TRACER.start_span("console-span").end()
+    finally:
+        shutdown_tracing()
+    captured = capsys.readouterr()
+    assert '"name": "console-span"' in captured.err
+    assert captured.out == ""
+
+
+def test_otlp_without_its_package_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    ):
+        monkeypatch.setitem(sys.modules, name, None)  # makes the import fail
+    with pytest.raises(ConfigError, match="opentelemetry-exporter-otlp"):
+        configure_tracing(TracingSettings(exporter=TracingExporter.OTLP), set_global=False)
+
+
+def test_after_shutdown_tracer_falls_back_to_the_global_provider() -> None:
+    shutdown_tracing()
+    global_span = trace.get_tracer("probe").start_span("probe")
+    global_span.end()
+    with MODULE_TRACER.start_as_current_span("fallback") as span:
+        assert type(span) is type(global_span)
