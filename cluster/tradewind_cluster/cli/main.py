@@ -13,8 +13,9 @@ from types import FrameType
 
 from tradewind import __version__
 from tradewind.errors import BadInputError, TradewindError
-from tradewind_cluster.cli import config_cmd, db
+from tradewind_cluster.cli import config_cmd, db, jobs_cmd, scheduler_cmd
 from tradewind_cluster.cli.context import CliContext
+from tradewind_cluster.observability import configure_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     version.set_defaults(handler=lambda args, ctx: print(__version__) or 0)
     config_cmd.register(sub)
     db.register(sub)
+    scheduler_cmd.register(sub)
+    jobs_cmd.register(sub)
     return parser
 
 
@@ -49,10 +52,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging("DEBUG" if args.verbose else "WARNING")
+    for noisy in ("pgserver", "alembic"):  # their INFO lines are start-up chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _on_sigterm)
     ctx = CliContext(config_file=args.config, verbose=args.verbose)
     try:

@@ -179,6 +179,7 @@ class SchedulerSettings(_Section):
 
     heartbeat_interval_s: Seconds = 0.5
     health_threshold_s: Seconds = 5.0
+    loop_stall_threshold_s: Seconds = 30.0  # a loop with no progress for this long is unhealthy
     peer_ping_interval_s: Seconds = 0.5
     idle_sleep_s: Seconds = 1.0
     parse_interval_s: Seconds = 30.0
@@ -399,5 +400,10 @@ def pgdata_dir(settings: Settings) -> Path:
 
 
 def advertise_host(rpc: RpcSettings) -> str:
-    """The host name peers use to reach this process: rpc.advertise_host or the hostname."""
-    return rpc.advertise_host or socket.gethostname()
+    """The host name peers use to reach this process: rpc.advertise_host, else the bind address
+    when it names one interface, else the hostname."""
+    if rpc.advertise_host:
+        return rpc.advertise_host
+    if rpc.bind_host not in ("0.0.0.0", "::", ""):
+        return rpc.bind_host
+    return socket.gethostname()

@@ -137,12 +137,21 @@ class SchedulerLoop:
         self.progress_at = time.time()
         return report
 
-    def run_forever(self, stop: threading.Event) -> None:
-        """Loop until `stop` is set; sleep only when an iteration found nothing to do."""
+    def run_forever(
+        self,
+        stop: threading.Event,
+        *,
+        guard: Callable[[], None] = lambda: None,
+        on_iteration: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Loop until `stop` is set; sleep only when an iteration found nothing to do.
+        `guard` runs before each iteration (identity check), `on_iteration` after it."""
         listener = Listener(self.ctx.db)
         try:
             while not stop.is_set():
+                guard()
                 report = self.run_once()
+                on_iteration()
                 if stop.is_set():
                     break
                 if not report.busy:

@@ -50,6 +50,7 @@ class Membership:
         rpc: RpcOptions,
         on_self_dead: Callable[[str], None],
         progress: Callable[[], float | None] = lambda: None,
+        on_beat: Callable[[bool, str | None], None] = lambda ok, error: None,
     ) -> None:
         self.db = db
         self.member_id = member_id
@@ -57,6 +58,7 @@ class Membership:
         self._rpc = rpc
         self._on_self_dead = on_self_dead
         self._progress = progress
+        self._on_beat = on_beat
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._peers: dict[str, _PeerView] = {}
@@ -95,12 +97,14 @@ class Membership:
                 lambda c: members.heartbeat(c, self.member_id, loop_progress_at=progress_at)
             )
         except Exception as exc:  # noqa: BLE001 - the store may be down; health reports it
-            self.last_error = f"heartbeat failed: {type(exc).__name__}"
+            self.last_error = f"heartbeat failed: {type(exc).__name__}: {exc}"
             log.warning("heartbeat failed", extra={"event": "heartbeat_failed"})
+            self._on_beat(False, self.last_error)
             return None
         if state == "alive":
             self.last_heartbeat_ok = time.monotonic()
             self.last_error = None
+            self._on_beat(True, None)
         elif state is not None:
             self._on_self_dead(f"this replica was declared {state} by a peer")
         return state
@@ -179,15 +183,15 @@ class Membership:
 class PeerService(peer_pb2_grpc.PeerServicer):
     """Answers peers' pings with this replica's identity and standing."""
 
-    def __init__(self, membership: Membership, state: Callable[[], str]) -> None:
-        self._membership = membership
+    def __init__(self, member_id: str, state: Callable[[], str]) -> None:
+        self._member_id = member_id
         self._state = state
 
     def Ping(  # noqa: N802 - the gRPC method name
         self, request: peer_pb2.PingRequest, context: grpc.ServicerContext
     ) -> peer_pb2.PingReply:
         """Reply with our member id and state."""
-        return peer_pb2.PingReply(member_id=self._membership.member_id, state=self._state())
+        return peer_pb2.PingReply(member_id=self._member_id, state=self._state())
 
     def add_to(self, server: grpc.Server) -> None:
         """Register on a gRPC server."""

@@ -1,0 +1,283 @@
+"""One scheduler replica as a process: its member row and heartbeat thread, the gRPC server
+(peer pings, health), /health and /metrics, the DAG parser thread and the loop thread.
+
+A replica that finds itself declared dead exits at once with status 3; its supervisor starts
+it again under a new identity. It never acts on a stale identity: before an iteration that
+follows a long pause, it heartbeats synchronously first."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from tradewind import __version__
+from tradewind_cluster.config import Settings, advertise_host
+from tradewind_cluster.observability import (
+    HealthState,
+    HealthSync,
+    build_metrics,
+    serve_observability,
+)
+from tradewind_cluster.rpc.security import RpcSecurity
+from tradewind_cluster.rpc.server import RpcOptions, RpcServer
+from tradewind_cluster.scheduler.context import SchedulerContext, SchedulerOptions
+from tradewind_cluster.scheduler.dispatching import Dispatcher
+from tradewind_cluster.scheduler.local_dispatch import LocalDispatcher
+from tradewind_cluster.scheduler.loop import SchedulerLoop
+from tradewind_cluster.scheduler.membership import Membership, MembershipOptions, PeerService
+from tradewind_cluster.scheduler.reports import ReportHandler
+from tradewind_cluster.store import members
+from tradewind_cluster.store.database import Database
+
+__all__ = ["EXIT_DECLARED_DEAD", "ReplicaPorts", "SchedulerReplica", "rpc_options"]
+
+log = logging.getLogger(__name__)
+EXIT_DECLARED_DEAD = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaPorts:
+    """Ports this replica actually bound (0 in config means "pick a free one")."""
+
+    grpc: int
+    health: int
+    metrics: int | None
+
+
+def rpc_options(settings: Settings, port: int) -> RpcOptions:
+    """gRPC server/channel options from the rpc section."""
+    r = settings.rpc
+    return RpcOptions(
+        bind_host=r.bind_host,
+        port=port,
+        max_message_bytes=r.max_message_bytes,
+        call_timeout_s=r.call_timeout_s,
+        security=RpcSecurity(
+            token=r.token.get_secret_value() if r.token else None,
+            tls_ca=r.tls_ca,
+            tls_cert=r.tls_cert,
+            tls_key=r.tls_key,
+        ),
+    )
+
+
+def _exit_declared_dead(reason: str) -> None:
+    log.critical("stopping at once: %s", reason, extra={"event": "declared_dead"})
+    logging.shutdown()
+    os._exit(EXIT_DECLARED_DEAD)
+
+
+class SchedulerReplica:
+    """Wires a replica together; `start()` then `wait()`, or `stop()` from a signal handler."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        *,
+        name: str | None = None,
+        dispatcher: Callable[[ReportHandler], Dispatcher] | None = None,
+        parse: bool = True,
+        on_declared_dead: Callable[[str], None] = _exit_declared_dead,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        host = socket.gethostname()
+        self.name = name or host
+        self.member_id = f"{self.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.hostname = host
+        self.metrics = build_metrics(settings.metrics)
+        options = SchedulerOptions.from_settings(settings)
+        self.ctx = SchedulerContext(
+            db=db, member_id=self.member_id, options=options, metrics=self.metrics
+        )
+        self.reports = ReportHandler(self.ctx)
+        make = dispatcher or (lambda reports: LocalDispatcher(reports, slots=settings.worker.slots))
+        self.dispatcher = make(self.reports)
+        self.loop = SchedulerLoop(self.ctx, self.dispatcher, watch_peers=self._watch_peers)
+        self.reports.on_change = self.loop.waker.wake
+        self._parse_once = self._make_parser() if parse else None
+        self._on_declared_dead = on_declared_dead
+        self.health = HealthState()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.ports: ReplicaPorts | None = None
+        self.membership: Membership | None = None
+
+    # -- start / stop ------------------------------------------------------------------
+    def start(self) -> ReplicaPorts:
+        """Bind servers, register the member row, start heartbeat, parser and loop threads."""
+        s = self.settings
+        rpc = rpc_options(s, s.rpc.scheduler_port)
+        self.rpc_server = RpcServer(rpc, [self._add_peer_service], on_refused=self._count_refused)
+        self.endpoints = serve_observability(
+            s, health=self.health, registry=self.metrics.prometheus_registry
+        )
+        self.ports = ReplicaPorts(
+            grpc=self.rpc_server.port,
+            health=self.endpoints.health_port,
+            metrics=self.endpoints.metrics_port,
+        )
+        host = advertise_host(s.rpc)
+        self.db.transaction(
+            lambda c: members.register_member(
+                c,
+                member_id=self.member_id,
+                name=self.name,
+                hostname=self.hostname,
+                pid=os.getpid(),
+                version=__version__,
+                grpc_address=f"{host}:{self.ports.grpc}",  # type: ignore[union-attr]
+                health_address=f"{host}:{self.ports.health}",  # type: ignore[union-attr]
+                metrics_address=f"{host}:{self.ports.metrics}" if self.ports.metrics else None,  # type: ignore[union-attr]
+            )
+        )
+        self._register_health()
+        self.membership = Membership(
+            self.db,
+            self.member_id,
+            MembershipOptions(
+                heartbeat_interval_s=s.scheduler.heartbeat_interval_s,
+                health_threshold_s=s.scheduler.health_threshold_s,
+                peer_ping_interval_s=s.scheduler.peer_ping_interval_s,
+            ),
+            rpc,
+            on_self_dead=self._on_declared_dead,
+            progress=lambda: self.loop.progress_at,
+            on_beat=self._on_heartbeat,
+        )
+        self.membership.start()
+        self.health_sync = HealthSync(self.health, self.rpc_server.set_serving).start()
+        self._spawn("scheduler-loop", self._run_loop)
+        if self._parse_once is not None:
+            self._spawn("dag-parser", self._run_parser)
+        log.info(
+            "scheduler %s started: grpc=%s health=%s metrics=%s",
+            self.member_id,
+            self.ports.grpc,
+            self.ports.health,
+            self.ports.metrics,
+            extra={"event": "scheduler_started", "member": self.member_id},
+        )
+        return self.ports
+
+    def stop(self) -> None:
+        """Graceful stop: finish the iteration, leave the membership (our queued attempts are
+        adopted by peers at once), close servers."""
+        self._stop.set()
+        self.loop.waker.wake()
+        for t in self._threads:
+            t.join(30)
+        if self.membership is not None:
+            self.membership.stop()
+        try:
+            self.db.transaction(lambda c: members.mark_stopped(c, self.member_id))
+        except Exception:  # noqa: BLE001 - the store may be gone; peers will declare us dead
+            log.warning("could not mark this replica stopped", extra={"event": "stop_unrecorded"})
+        self.health_sync.stop()
+        self.rpc_server.stop()
+        self.endpoints.stop()
+        close = getattr(self.dispatcher, "close", None)
+        if close is not None:
+            close()
+        self.loop.close()
+        self.metrics.close()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until stop() was called (or the timeout passed); True when stopped."""
+        return self._stop.wait(timeout)
+
+    def _make_parser(self) -> Callable[[], object]:
+        from tradewind_cluster.parsing.processor import DagFileProcessor, ProcessorOptions
+
+        processor = DagFileProcessor(
+            self.db, ProcessorOptions.from_settings(self.settings), self.member_id
+        )
+
+        def parse_once() -> object:
+            report = processor.run_once(self.ctx.clock())
+            if report.files_parsed:
+                self.metrics.gauge("dag_processing.total_parse_time", report.total_parse_time_s)
+                self.metrics.gauge("dag_processing.import_errors", report.import_errors)
+            return report
+
+        return parse_once
+
+    # -- threads -----------------------------------------------------------------------
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _run_loop(self) -> None:
+        self.loop.run_forever(
+            self._stop, guard=self._guard_identity, on_iteration=self._on_iteration
+        )
+
+    def _run_parser(self) -> None:
+        assert self._parse_once is not None
+        interval = min(self.settings.scheduler.parse_interval_s, 5.0)
+        while not self._stop.is_set():
+            try:
+                self._parse_once()
+                self.health.beat("parser")
+            except Exception as exc:
+                self.health.set_failure("parser", f"{type(exc).__name__}: {exc}")
+                log.exception("DAG parsing pass failed", extra={"event": "parse_failed"})
+            self._stop.wait(interval)
+
+    # -- health ------------------------------------------------------------------------
+    def _register_health(self) -> None:
+        s = self.settings.scheduler
+        self.health.set_detail("kind", "scheduler")
+        self.health.set_detail("member_id", self.member_id)
+        self.health.set_detail("version", __version__)
+        self.health.register("heartbeat", threshold_s=s.health_threshold_s)
+        self.health.register("loop", threshold_s=s.loop_stall_threshold_s)
+        if self._parse_once is not None:
+            self.health.register("parser", threshold_s=s.parse_interval_s + 2 * s.parse_timeout_s)
+
+    def _on_heartbeat(self, ok: bool, error: str | None) -> None:
+        if ok:
+            self.health.beat("heartbeat")
+            self.health.beat("store")
+            self.metrics.incr("scheduler_heartbeat")
+        else:
+            self.health.set_failure("store", error or "heartbeat failed")
+            self.metrics.incr("scheduler_job_heartbeat_failure")
+
+    def _on_iteration(self) -> None:
+        if self.loop.store_ok:
+            self.health.beat("loop")
+        else:
+            self.health.set_failure("loop", self.loop.last_error or "store unavailable")
+
+    def _guard_identity(self) -> None:
+        """Before acting: if our last good heartbeat is old (a pause, a partition), heartbeat
+        now; a 'dead' verdict ends the process before the iteration runs."""
+        m = self.membership
+        if m is None:
+            return
+        last = m.last_heartbeat_ok
+        if (
+            last is None
+            or time.monotonic() - last > self.settings.scheduler.heartbeat_interval_s * 3
+        ):
+            m.beat_once()
+
+    def _watch_peers(self) -> list[str]:
+        return self.membership.watch_peers_once() if self.membership is not None else []
+
+    def _add_peer_service(self, server: grpc.Server) -> None:
+        PeerService(self.member_id, lambda: "alive").add_to(server)
+
+    def _count_refused(self, method: str) -> None:
+        self.metrics.incr("rpc.errors", method=method, code="UNAUTHENTICATED")
