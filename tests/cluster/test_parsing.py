@@ -12,11 +12,13 @@ import pytest
 import sqlalchemy as sa
 
 import tradewind_cluster.parsing as parsing
+from tradewind_cluster.config.settings import Settings
 from tradewind_cluster.parsing import (
     DagFileProcessor,
     FileOutcome,
     ParseReport,
     ProcessorOptions,
+    decode_runner_output,
     list_dag_files,
 )
 from tradewind_cluster.store import dag_files as df
@@ -75,9 +77,7 @@ def write(folder: Path, name: str, text: str) -> Path:
 def register(database: Database, *member_ids: str) -> None:
     def _do(conn: sa.Connection) -> None:
         for m in member_ids:
-            members.register_member(
-                conn, member_id=m, name=m, hostname="h", pid=1, version="test"
-            )
+            members.register_member(conn, member_id=m, name=m, hostname="h", pid=1, version="test")
 
     database.transaction(_do)
 
@@ -120,10 +120,14 @@ def test_discovery_lists_py_files_recursively_minus_ignored_and_unsafe(tmp_path:
     write(tmp_path, "notes.txt", dag_text)
     write(tmp_path, "plain.py", "x = 1  # no words\n")
     write(tmp_path, "upper.py", "# TradeWind DAG\n")
-    write(tmp_path, ".tradewindignore", "ignored_*.py\nskipdir/\n# a comment\nagain.py\n")
+    write(
+        tmp_path, ".tradewindignore", "ignored_*.py\nskipdir/  # retired\n# a comment\nagain.py\n"
+    )
     write(tmp_path, "sub/.tradewindignore", "*local.py\n!keep_local.py\n")
 
-    found = [Path(p).relative_to(tmp_path).as_posix() for p in list_dag_files(tmp_path, safe_mode=True)]
+    found = [
+        Path(p).relative_to(tmp_path).as_posix() for p in list_dag_files(tmp_path, safe_mode=True)
+    ]
     assert found == ["a.py", "sub/b.py", "sub/deep/c.py", "sub/keep_local.py", "upper.py"]
     unsafe = list_dag_files(tmp_path, safe_mode=False)
     assert str(tmp_path / "plain.py") in unsafe
@@ -137,6 +141,31 @@ def test_public_api_is_exported() -> None:
         _ = parsing.nothing_here  # type: ignore[attr-defined]
 
 
+def test_options_come_from_settings(tmp_path: Path) -> None:
+    settings = Settings(
+        core={
+            "dags_folder": str(tmp_path),
+            "dag_discovery_safe_mode": False,
+            "default_timezone": "Europe/Paris",
+            "dags_are_paused_at_creation": False,
+        },
+        scheduler={"parse_interval_s": 7, "parse_timeout_s": 3},
+    )
+    options = ProcessorOptions.from_settings(settings, max_files_per_run=5)
+    assert options.dags_folder == tmp_path
+    assert (options.parse_interval_s, options.parse_timeout_s) == (7, 3)
+    assert (options.safe_mode, options.paused_at_creation) == (False, False)
+    assert (options.default_timezone, options.max_files_per_run) == ("Europe/Paris", 5)
+
+
+def test_runner_output_that_is_not_a_result_is_a_crash() -> None:
+    garbage = decode_runner_output("/d/x.py", 0, b"not json", b"oops", 5.0)
+    assert garbage.error == "the parser of /d/x.py printed no valid result (exit code 0)\noops"
+    killed = decode_runner_output("/d/x.py", -9, b"", b"", 5.0)
+    assert killed.error == "the parser of /d/x.py crashed (signal SIGKILL)"
+    assert killed.dags == ()
+
+
 # -------------------------------------------------------------------------------- processing
 def test_good_file_is_stored_and_each_broken_file_is_its_own_import_error(
     database: Database, tmp_path: Path
@@ -148,7 +177,8 @@ def test_good_file_is_stored_and_each_broken_file_is_its_own_import_error(
     reports = drain(make(database, tmp_path), NOW)
 
     first = reports[0]
-    assert first.discovery is not None and first.discovery.files == 7
+    assert first.discovery is not None
+    assert first.discovery.files == 7
     assert sum(r.files_parsed for r in reports) == 7
     assert sum(r.import_errors for r in reports) == 6
     assert sum(r.dags_found for r in reports) == 1
@@ -255,7 +285,8 @@ def test_safe_mode_skips_files_without_the_words(database: Database, tmp_path: P
     assert [Path(r["path"]).name for r in rows(database, dag_file)] == ["x.py"]
 
     report = make(database, tmp_path, "b", safe_mode=False).run_once(LATER)
-    assert report.discovery is not None and report.discovery.files == 2
+    assert report.discovery is not None
+    assert report.discovery.files == 2
     plain = rows(database, dag_file, path=str(tmp_path / "plain.py"))[0]
     assert plain["parsed_by"] == "b"
     assert errors(database) == {}

@@ -206,7 +206,10 @@ class SchedulerReplica:
             report = processor.run_once(self.ctx.clock())
             if report.files_parsed:
                 self.metrics.gauge("dag_processing.total_parse_time", report.total_parse_time_s)
-                self.metrics.gauge("dag_processing.import_errors", report.import_errors)
+            if report.import_errors_total is not None:
+                self.metrics.gauge("dag_processing.import_errors", report.import_errors_total)
+            if report.dag_bag_size is not None:
+                self.metrics.gauge("dagbag_size", report.dag_bag_size)
             return report
 
         return parse_once
@@ -226,13 +229,17 @@ class SchedulerReplica:
         assert self._parse_once is not None
         interval = min(self.settings.scheduler.parse_interval_s, 5.0)
         while not self._stop.is_set():
+            busy = False
             try:
-                self._parse_once()
+                report = self._parse_once()
+                busy = bool(getattr(report, "files", ()))
                 self.health.beat("parser")
             except Exception as exc:
-                self.health.set_failure("parser", f"{type(exc).__name__}: {exc}")
+                # only the exception type in /health: its text may carry a secret
+                self.health.set_failure("parser", type(exc).__name__)
                 log.exception("DAG parsing pass failed", extra={"event": "parse_failed"})
-            self._stop.wait(interval)
+            if not busy:  # files were due: look again at once, more may be due
+                self._stop.wait(interval)
 
     # -- health ------------------------------------------------------------------------
     def _register_health(self) -> None:

@@ -104,6 +104,9 @@ Index(
 )
 Index("ix_dag_check_runs", dag.c.dag_id, postgresql_where=dag.c.check_runs & dag.c.is_active)
 
+# Deactivating the DAGs of a file that disappeared or stopped defining them.
+Index("ix_dag_fileloc", dag.c.fileloc)
+
 serialized_dag = Table(
     "serialized_dag",
     metadata,

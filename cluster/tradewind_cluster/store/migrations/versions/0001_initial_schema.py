@@ -64,6 +64,7 @@ def upgrade() -> None:
         unique=False,
         postgresql_where=sa.text("is_active AND NOT is_paused"),
     )
+    op.create_index("ix_dag_fileloc", "dag", ["fileloc"], unique=False)
     op.create_table(
         "dag_file",
         sa.Column("path", sa.Text(), nullable=False),
@@ -491,6 +492,7 @@ def downgrade() -> None:
     op.drop_table("import_error")
     op.drop_index("ix_dag_file_due", table_name="dag_file", postgresql_where="is_present")
     op.drop_table("dag_file")
+    op.drop_index("ix_dag_fileloc", table_name="dag")
     op.drop_index(
         "ix_dag_due", table_name="dag", postgresql_where=sa.text("is_active AND NOT is_paused")
     )
