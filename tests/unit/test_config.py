@@ -391,6 +391,7 @@ def test_config_file_path_is_optional_only_by_default(base_env: dict[str, str], 
     assert load_settings(env=base_env) == load_settings(path, env=base_env)
 
 
-def test_advertise_host_defaults_to_the_hostname() -> None:
+def test_advertise_host_is_explicit_else_the_bind_address_else_the_hostname() -> None:
     assert advertise_host(Settings(rpc={"advertise_host": "w1.example"}).rpc) == "w1.example"
-    assert advertise_host(Settings().rpc) == socket.gethostname()
+    assert advertise_host(Settings().rpc) == "127.0.0.1"  # bound to one interface: advertise it
+    assert advertise_host(Settings(rpc={"bind_host": "0.0.0.0"}).rpc) == socket.gethostname()
