@@ -1,6 +1,6 @@
 """Tradewind: author workflows as Python DAGs, run them on an all-active scheduler cluster.
 
-    from tradewind import DAG, BashOperator, task
+from tradewind import DAG, BashOperator, task
 """
 
 from __future__ import annotations
