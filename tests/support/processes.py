@@ -30,6 +30,8 @@ def env_for(db_url: str, home: Path, dags: Path, **extra: str) -> dict[str, str]
         TRADEWIND__CORE__DAGS_FOLDER=str(dags),
         TRADEWIND__CORE__DAGS_ARE_PAUSED_AT_CREATION="false",
         TRADEWIND__LOGGING__LEVEL="INFO",
+        # in-process execution unless a test starts worker agents (then it passes "workers")
+        TRADEWIND__SCHEDULER__EXECUTOR="local",
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -194,6 +194,9 @@ class SchedulerSettings(_Section):
     queued_max_requeues: Annotated[int, Field(ge=0)] = 3
     catchup_by_default: bool = True
     dispatch_retry_attempts: Count = 3
+    # "workers": attempts go to `tradewind worker` agents over gRPC. "local": the replica runs
+    # them itself on threads (one-machine development and tests; bash tasks only really run).
+    executor: Literal["workers", "local"] = "workers"
 
 
 def _split_queues(value: Any) -> Any:

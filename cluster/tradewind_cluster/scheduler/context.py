@@ -37,6 +37,7 @@ class SchedulerOptions:
     idle_sleep_s: float = 1.0
     dispatch_retry_attempts: int = 3
     parse_interval_s: float = 30.0
+    worker_lost_after_s: float = 6.0  # worker lease + margin: silent longer means lost
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SchedulerOptions:
@@ -55,6 +56,7 @@ class SchedulerOptions:
             idle_sleep_s=s.idle_sleep_s,
             dispatch_retry_attempts=s.dispatch_retry_attempts,
             parse_interval_s=s.parse_interval_s,
+            worker_lost_after_s=settings.worker.lease_s + settings.worker.lease_margin_s,
         )
 
 

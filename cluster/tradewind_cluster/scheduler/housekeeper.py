@@ -13,6 +13,7 @@ from tradewind.scheduling.retries import FailureDecision, decide_failure
 from tradewind.spec import TaskKind, TaskSpec
 from tradewind_cluster.scheduler.context import SchedulerContext
 from tradewind_cluster.store import housekeeping as store_hk
+from tradewind_cluster.store import workers as store_workers
 from tradewind_cluster.store.database import Connection
 from tradewind_cluster.store.notify import notify
 
@@ -30,6 +31,7 @@ class HousekeepingReport:
     orphans_requeued: tuple[store_hk.Reaped, ...] = ()
     orphans_adopted: int = 0
     stuck_queued: tuple[store_hk.Reaped, ...] = ()
+    lost_workers: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -71,10 +73,12 @@ class Housekeeper:
         requeued: tuple[store_hk.Reaped, ...] = ()
         stuck: tuple[store_hk.Reaped, ...] = ()
         adopted = 0
+        lost: tuple[str, ...] = ()
         if declared or self._orphans.due(force):
             requeued, adopted, stuck = self.ctx.db.transaction(
                 lambda c: self._orphans_and_stuck(c, now)
             )
+            lost = self.ctx.db.transaction(lambda c: self._lost_workers(c, now))
         zombies = (
             self.ctx.db.transaction(lambda c: self._reap(c, now))
             if self._zombies.due(force)
@@ -86,6 +90,7 @@ class Housekeeper:
             orphans_requeued=requeued,
             orphans_adopted=adopted,
             stuck_queued=stuck,
+            lost_workers=lost,
         )
         self._emit(report)
         return report
@@ -108,6 +113,16 @@ class Housekeeper:
         if requeued or stuck:
             notify(conn, "scheduled")
         return tuple(requeued), adopted, tuple(stuck)
+
+    def _lost_workers(self, conn: Connection, now: datetime) -> tuple[str, ...]:
+        """Workers silent past their lease + margin are lost; attempts dispatched to them but
+        never started are requeued (running ones are left to the zombie sweep)."""
+        lost = store_workers.mark_lost_workers(conn, max_age_s=self.ctx.options.worker_lost_after_s)
+        if lost:
+            store_workers.requeue_lost_dispatches(conn, lost, now=now)
+            notify(conn, "scheduled")
+            log.warning("workers lost: %s", ", ".join(lost), extra={"event": "workers_lost"})
+        return tuple(lost)
 
     def _reap(self, conn: Connection, now: datetime) -> list[store_hk.Reaped]:
         reaped = store_hk.reap_zombies(
@@ -150,5 +165,8 @@ class Housekeeper:
             m.incr("scheduler.orphaned_tasks.adopted", report.orphans_adopted)
         if report.stuck_queued:
             m.incr("scheduler.tasks.requeued", len(report.stuck_queued), reason="queued_timeout")
-        if report.declared_dead:
-            m.incr("scheduler.members.declared_dead", len(report.declared_dead))
+        if report.declared_dead or report.lost_workers:
+            m.incr(
+                "scheduler.members.declared_dead",
+                len(report.declared_dead) + len(report.lost_workers),
+            )

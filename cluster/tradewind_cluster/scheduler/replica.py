@@ -26,16 +26,19 @@ from tradewind_cluster.observability import (
     build_metrics,
     serve_observability,
 )
+from tradewind_cluster.rpc.scheduler_service import SchedulerService, SchedulerServiceOptions
 from tradewind_cluster.rpc.security import RpcSecurity
 from tradewind_cluster.rpc.server import RpcOptions, RpcServer
 from tradewind_cluster.scheduler.context import SchedulerContext, SchedulerOptions
 from tradewind_cluster.scheduler.dispatching import Dispatcher
+from tradewind_cluster.scheduler.grpc_dispatch import GrpcDispatcher
 from tradewind_cluster.scheduler.local_dispatch import LocalDispatcher
 from tradewind_cluster.scheduler.loop import SchedulerLoop
 from tradewind_cluster.scheduler.membership import Membership, MembershipOptions, PeerService
 from tradewind_cluster.scheduler.reports import ReportHandler
 from tradewind_cluster.store import members
 from tradewind_cluster.store.database import Database
+from tradewind_cluster.xcom import load_xcom_backend
 
 __all__ = ["EXIT_DECLARED_DEAD", "ReplicaPorts", "SchedulerReplica", "rpc_options"]
 
@@ -100,8 +103,8 @@ class SchedulerReplica:
             db=db, member_id=self.member_id, options=options, metrics=self.metrics
         )
         self.reports = ReportHandler(self.ctx)
-        make = dispatcher or (lambda reports: LocalDispatcher(reports, slots=settings.worker.slots))
-        self.dispatcher = make(self.reports)
+        self.xcom_backend = load_xcom_backend(settings.core.xcom_backend)  # ConfigError at start-up
+        self.dispatcher = (dispatcher or self._default_dispatcher)(self.reports)
         self.loop = SchedulerLoop(self.ctx, self.dispatcher, watch_peers=self._watch_peers)
         self.reports.on_change = self.loop.waker.wake
         self._parse_once = self._make_parser() if parse else None
@@ -117,7 +120,12 @@ class SchedulerReplica:
         """Bind servers, register the member row, start heartbeat, parser and loop threads."""
         s = self.settings
         rpc = rpc_options(s, s.rpc.scheduler_port)
-        self.rpc_server = RpcServer(rpc, [self._add_peer_service], on_refused=self._count_refused)
+        service = SchedulerService(
+            self.reports, SchedulerServiceOptions.from_settings(s), self.xcom_backend
+        )
+        self.rpc_server = RpcServer(
+            rpc, [self._add_peer_service, service.add_to], on_refused=self._count_refused
+        )
         self.endpoints = serve_observability(
             s, health=self.health, registry=self.metrics.prometheus_registry
         )
@@ -194,6 +202,11 @@ class SchedulerReplica:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until stop() was called (or the timeout passed); True when stopped."""
         return self._stop.wait(timeout)
+
+    def _default_dispatcher(self, reports: ReportHandler) -> Dispatcher:
+        if self.settings.scheduler.executor == "local":
+            return LocalDispatcher(reports, slots=self.settings.worker.slots)
+        return GrpcDispatcher.for_replica(self.ctx, self.settings, rpc_options(self.settings, 0))
 
     def _make_parser(self) -> Callable[[], object]:
         from tradewind_cluster.parsing.processor import DagFileProcessor, ProcessorOptions

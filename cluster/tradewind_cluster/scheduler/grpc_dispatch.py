@@ -1,0 +1,419 @@
+"""The gRPC Dispatcher: hands queued attempts to live workers serving their queue, least loaded
+first, never past a worker's free slots. A failed RPC is retried with jittered, capped backoff,
+then another worker is tried; an attempt nobody accepts comes back with worker_id=None and the
+reason, and the dispatch step requeues it. Execute is idempotent per token on the worker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import grpc
+from opentelemetry.trace import SpanKind
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from tradewind.serialization import spec_from_dict, spec_to_dict
+from tradewind.spec import DagSpec, ScheduleKind, ScheduleSpec, TaskSpec
+from tradewind_cluster.config import Settings
+from tradewind_cluster.observability.metrics import Metrics
+from tradewind_cluster.observability.tracing import inject_context, tracer
+from tradewind_cluster.rpc.security import call_metadata
+from tradewind_cluster.rpc.server import RpcOptions, open_channel
+from tradewind_cluster.scheduler.context import SchedulerContext
+from tradewind_cluster.scheduler.dispatching import DispatchRequest, DispatchResult
+from tradewind_cluster.store import workers as store_workers
+from tradewind_cluster.store.database import Connection, Database
+from tradewind_cluster.store.workers import WorkerRow
+from tradewind_proto.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+
+__all__ = [
+    "GrpcDispatchOptions",
+    "GrpcDispatcher",
+    "build_execute_request",
+    "task_from_json",
+    "task_to_json",
+]
+
+log = logging.getLogger(__name__)
+_tracer = tracer(__name__)
+_EXECUTE = "/tradewind.v1.Worker/Execute"
+_TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+Ref = tuple[int, int]
+
+# A DagSpec shell around one task: the TaskSpec JSON is exactly what the DagSpec codec writes
+# for that task, so it stays in step with spec_codec without reaching into its internals.
+_SHELL = DagSpec(
+    dag_id="_", fileloc="", schedule=ScheduleSpec(kind=ScheduleKind.NONE, label="None")
+)
+
+
+def task_to_json(task: TaskSpec) -> str:
+    """One TaskSpec as canonical JSON (the DagSpec codec's form of a task) for task_json."""
+    data = spec_to_dict(replace(_SHELL, tasks={task.task_id: task}))["dag"]["tasks"][0]
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def task_from_json(text: str | bytes) -> TaskSpec:
+    """Read task_to_json's output; SerializationError says what is wrong with it."""
+    from tradewind.errors import SerializationError
+
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise SerializationError(f"task_json is not valid JSON: {exc}") from None
+    shell = spec_to_dict(_SHELL)
+    shell["dag"]["tasks"] = [data]
+    return next(iter(spec_from_dict(shell).tasks.values()))
+
+
+def build_execute_request(req: DispatchRequest) -> worker_pb2.ExecuteRequest:
+    """The ExecuteRequest for one attempt: everything the worker needs, nothing it must ask."""
+    a, task = req.attempt, req.task
+    timeout = task.execution_timeout.total_seconds() if task.execution_timeout else 0.0
+    return worker_pb2.ExecuteRequest(
+        attempt=common_pb2.AttemptRef(ti_id=a.ti_id, token=a.token),
+        dag_id=a.dag_id,
+        run_id=a.run_id,
+        task_id=a.task_id,
+        try_number=a.try_number,
+        logical_date=a.logical_date.isoformat(),
+        fileloc=req.dag.fileloc,
+        file_hash=req.file_hash,
+        task_json=task_to_json(task),
+        context_json=json.dumps(dict(req.run_context), sort_keys=True, allow_nan=False),
+        execution_timeout_s=timeout,
+        queue=a.queue,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GrpcDispatchOptions:
+    """Retries, liveness and accounting of the dispatcher."""
+
+    rpc: RpcOptions = field(default_factory=RpcOptions)
+    retry_attempts: int = 3  # RPC attempts per worker before trying another
+    retry_multiplier_s: float = 0.05
+    retry_max_wait_s: float = 1.0
+    workers_per_attempt: int = 3  # distinct workers tried before giving up
+    worker_max_age_s: float = 4.0  # a worker silent for its lease cannot run anything
+    queue_open_ttl_s: float = 0.5
+    suspect_cooldown_s: float = 5.0  # this replica skips a suspect worker for that long
+    inflight_ttl_s: float = 60.0
+    parallel_rpcs: int = 8
+    max_workers: int = 1000
+
+    @classmethod
+    def from_settings(cls, settings: Settings, rpc: RpcOptions) -> GrpcDispatchOptions:
+        """Take the values from a validated settings tree; `rpc` carries the credentials."""
+        return cls(
+            rpc=rpc,
+            retry_attempts=settings.scheduler.dispatch_retry_attempts,
+            worker_max_age_s=settings.worker.lease_s,
+        )
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.RpcError) and exc.code() in _TRANSIENT
+
+
+@dataclass(slots=True)
+class _Send:
+    accepted: bool
+    reason: str = ""
+    broken: bool = False  # the RPC itself failed (after retries): the worker is suspect
+
+
+class GrpcDispatcher:
+    """Implements the Dispatcher port over gRPC; one per replica, safe to share between threads."""
+
+    def __init__(
+        self,
+        db: Database,
+        options: GrpcDispatchOptions | None = None,
+        *,
+        metrics: Metrics | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.db = db
+        self.options = options or GrpcDispatchOptions()
+        self.metrics = metrics or Metrics()
+        self._sleep = sleep
+        self._now = monotonic
+        self._lock = threading.Lock()  # guards the board below
+        self._dispatching = threading.Lock()  # one dispatch() at a time
+        self._workers: dict[str, WorkerRow] = {}
+        self._inflight: dict[Ref, tuple[str, float]] = {}  # sent, not yet seen in the store
+        self._by_worker: dict[str, set[Ref]] = {}  # the same entries, per worker
+        self._cooling: dict[str, float] = {}  # worker id -> monotonic time it may be tried again
+        self._queue_cache: tuple[float, dict[str, int]] | None = None
+        self._stubs: dict[str, tuple[grpc.Channel, worker_pb2_grpc.WorkerStub]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def for_replica(
+        cls, ctx: SchedulerContext, settings: Settings, rpc: RpcOptions
+    ) -> GrpcDispatcher:
+        """The dispatcher a scheduler replica uses, sharing its store and metrics."""
+        return cls(ctx.db, GrpcDispatchOptions.from_settings(settings, rpc), metrics=ctx.metrics)
+
+    # -- the Dispatcher port -------------------------------------------------------------
+    def dispatch(self, requests: Sequence[DispatchRequest]) -> list[DispatchResult]:
+        """Send each attempt to a worker; one bad attempt or worker never fails the others."""
+        if not requests:
+            return []
+        with self._dispatching:
+            self._refresh()
+            if len(requests) == 1 or self.options.parallel_rpcs <= 1:
+                results = [self._dispatch_safely(r) for r in requests]
+            else:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(
+                        max_workers=self.options.parallel_rpcs, thread_name_prefix="dispatch"
+                    )
+                results = list(self._pool.map(self._dispatch_safely, requests))
+            with self._lock:
+                self._queue_cache = None  # the slots just taken make it stale
+        return results
+
+    def queue_open(self) -> Mapping[str, int] | None:
+        """Free slots per queue over live workers, less attempts queued but not yet accepted by
+        any worker; cached for queue_open_ttl_s."""
+        now = self._now()
+        with self._lock:
+            cached = self._queue_cache
+            if cached is not None and now - cached[0] < self.options.queue_open_ttl_s:
+                return dict(cached[1])
+        pending = self._refresh(with_pending=True)
+        with self._lock:
+            open_: dict[str, int] = {}
+            total = 0
+            for w in self._workers.values():
+                if self._is_cooling(w.id, now):
+                    continue
+                free = self._free(w)
+                total += free
+                for q in w.queues:
+                    open_[q] = open_.get(q, 0) + free
+            for q in open_:
+                open_[q] = max(0, open_[q] - pending.get(q, 0))
+            self._queue_cache = (now, open_)
+        self.metrics.gauge("executor.open_slots", total)
+        for q, n in open_.items():
+            self.metrics.gauge("queue.open_slots", n, queue=q)
+        return dict(open_)
+
+    def close(self) -> None:
+        """Stop the RPC threads and close every channel."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        with self._lock:
+            stubs, self._stubs = self._stubs, {}
+        for channel, _ in stubs.values():
+            channel.close()
+
+    # -- the board: workers, free slots, in-flight dispatches ------------------------------
+    def _refresh(self, *, with_pending: bool = False) -> dict[str, int]:
+        """Read live workers (and what is still undispatched) and drop in-flight entries the
+        store now accounts for (assigned to a worker, finished or requeued)."""
+        with self._lock:
+            refs = list(self._inflight)
+
+        def read(conn: Connection) -> tuple[list[WorkerRow], set[Ref], dict[str, int]]:
+            rows = store_workers.live_workers(
+                conn, max_age_s=self.options.worker_max_age_s, limit=self.options.max_workers
+            )
+            still = store_workers.undispatched(conn, refs)
+            pending = store_workers.undispatched_by_queue(conn) if with_pending else {}
+            return rows, still, pending
+
+        rows, still, pending = self.db.read(read)
+        now = self._now()
+        with self._lock:
+            self._workers = {w.id: w for w in rows}
+            for ref in refs:
+                entry = self._inflight.get(ref)
+                if entry is None:
+                    continue
+                # Entries added after the read began are kept: the store could not see them.
+                if ref not in still or now - entry[1] > self.options.inflight_ttl_s:
+                    self._forget(ref)
+        return pending
+
+    def _remember(self, ref: Ref, worker_id: str, now: float) -> None:
+        self._forget(ref)
+        self._inflight[ref] = (worker_id, now)
+        self._by_worker.setdefault(worker_id, set()).add(ref)
+
+    def _forget(self, ref: Ref) -> None:
+        entry = self._inflight.pop(ref, None)
+        if entry is not None:
+            self._by_worker.get(entry[0], set()).discard(ref)
+
+    def _used(self, w: WorkerRow) -> int:
+        mine = self._by_worker.get(w.id, ())
+        return len(w.assigned) + sum(1 for ref in mine if ref not in w.assigned)
+
+    def _free(self, w: WorkerRow) -> int:
+        return max(0, w.slots - self._used(w))
+
+    def _is_cooling(self, worker_id: str, now: float) -> bool:
+        until = self._cooling.get(worker_id)
+        return until is not None and now < until
+
+    def _holder(self, ref: Ref) -> str | None:
+        """The worker this attempt was already sent to, if any (a resend goes there again)."""
+        entry = self._inflight.get(ref)
+        if entry is not None:
+            return entry[0]
+        return next((w.id for w in self._workers.values() if ref in w.assigned), None)
+
+    def _pick(self, queue: str, ref: Ref, tried: set[str]) -> WorkerRow | None:
+        """Reserve a slot for ref on the least loaded live worker serving queue."""
+        now = self._now()
+        with self._lock:
+            holder = self._holder(ref)
+            if (
+                holder is not None
+                and holder not in tried
+                and holder in self._workers
+                and not self._is_cooling(holder, now)
+            ):
+                return self._workers[holder]
+            candidates = [
+                w
+                for w in self._workers.values()
+                if queue in w.queues
+                and w.id not in tried
+                and not self._is_cooling(w.id, now)
+                and self._free(w) > 0
+            ]
+            if not candidates:
+                return None
+            best = min(candidates, key=lambda w: (self._used(w) / w.slots, -self._free(w), w.id))
+            self._remember(ref, best.id, now)
+            return best
+
+    def _release(self, ref: Ref, worker_id: str) -> None:
+        with self._lock:
+            entry = self._inflight.get(ref)
+            if entry is not None and entry[0] == worker_id:
+                self._forget(ref)
+
+    # -- one attempt ----------------------------------------------------------------------
+    def _dispatch_safely(self, req: DispatchRequest) -> DispatchResult:
+        a = req.attempt
+        try:
+            return self._dispatch_one(req)
+        except Exception as exc:
+            log.exception(
+                "dispatching attempt %s/%s failed",
+                a.ti_id,
+                a.token,
+                extra={"event": "dispatch_error", "attempt": f"{a.ti_id}/{a.token}"},
+            )
+            return DispatchResult(
+                ti_id=a.ti_id, token=a.token, worker_id=None, error=f"{type(exc).__name__}: {exc}"
+            )
+
+    def _dispatch_one(self, req: DispatchRequest) -> DispatchResult:
+        a = req.attempt
+        ref = (a.ti_id, a.token)
+        attributes: dict[str, Any] = {
+            "tradewind.dag_id": a.dag_id,
+            "tradewind.task_id": a.task_id,
+            "tradewind.ti_id": a.ti_id,
+            "tradewind.token": a.token,
+            "tradewind.queue": a.queue,
+        }
+        with _tracer.start_as_current_span(
+            "dispatch attempt", kind=SpanKind.CLIENT, attributes=attributes
+        ) as span:
+            message = build_execute_request(req)
+            tried: set[str] = set()
+            errors: list[str] = []
+            while len(tried) < self.options.workers_per_attempt:
+                worker = self._pick(a.queue, ref, tried)
+                if worker is None:
+                    break
+                tried.add(worker.id)
+                sent = self._send(worker, message, a.queue)
+                if sent.accepted:
+                    span.set_attribute("tradewind.worker", worker.id)
+                    return DispatchResult(ti_id=a.ti_id, token=a.token, worker_id=worker.id)
+                self._release(ref, worker.id)
+                errors.append(f"worker {worker.id}: {sent.reason}")
+                if sent.broken:
+                    self._suspect(worker, sent.reason)
+        if not errors:
+            self.metrics.incr("scheduler.dispatch.failures", queue=a.queue, reason="no_worker")
+            errors.append(f"no live worker serves queue {a.queue!r} with a free slot")
+        return DispatchResult(ti_id=a.ti_id, token=a.token, worker_id=None, error="; ".join(errors))
+
+    def _send(self, worker: WorkerRow, message: worker_pb2.ExecuteRequest, queue: str) -> _Send:
+        stub = self._stub(worker.grpc_address)
+        opts = self.options
+        metadata = (*call_metadata(opts.rpc.security), *inject_context().items())
+        retrying = Retrying(
+            stop=stop_after_attempt(opts.retry_attempts),
+            wait=wait_random_exponential(
+                multiplier=opts.retry_multiplier_s, max=opts.retry_max_wait_s
+            ),
+            retry=retry_if_exception(_transient),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            with self.metrics.timer("scheduler.dispatch.duration", queue=queue):
+                reply = retrying(
+                    stub.Execute, message, timeout=opts.rpc.call_timeout_s, metadata=metadata
+                )
+        except grpc.RpcError as exc:
+            code = exc.code()
+            self.metrics.incr("rpc.errors", method=_EXECUTE, code=code.name)
+            self.metrics.incr("scheduler.dispatch.failures", queue=queue, reason="rpc_error")
+            return _Send(accepted=False, reason=f"{code.name}: {exc.details()}", broken=True)
+        if not reply.accepted:
+            self.metrics.incr("scheduler.dispatch.failures", queue=queue, reason="refused")
+            return _Send(accepted=False, reason=f"refused: {reply.reason or 'no reason given'}")
+        return _Send(accepted=True)
+
+    def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
+        with self._lock:
+            entry = self._stubs.get(address)
+            if entry is None:
+                channel = open_channel(address, self.options.rpc)
+                entry = (channel, worker_pb2_grpc.WorkerStub(channel))
+                self._stubs[address] = entry
+            return entry[1]
+
+    def _suspect(self, worker: WorkerRow, reason: str) -> None:
+        """This worker kept failing: skip it here for a while and mark it suspect for all."""
+        with self._lock:
+            self._cooling[worker.id] = self._now() + self.options.suspect_cooldown_s
+        try:
+            marked = self.db.transaction(lambda c: store_workers.mark_suspect(c, worker.id))
+        except Exception:
+            log.warning("could not mark worker %s suspect", worker.id, exc_info=True)
+            return
+        if marked:
+            log.warning(
+                "worker %s at %s marked suspect: %s",
+                worker.id,
+                worker.grpc_address,
+                reason,
+                extra={"event": "worker_suspect", "worker": worker.id},
+            )
