@@ -72,6 +72,13 @@ def rows(db_url: str, sql: str) -> list[tuple[object, ...]]:
         engine.dispose()
 
 
+def health_of(p: Proc) -> int:
+    """HTTP status of a replica's /health; a replica that exited fails the test with its log."""
+    if p.popen.poll() is not None:
+        raise AssertionError(f"{p.log_path.stem} exited {p.popen.returncode}:\n{p.log()[-4000:]}")
+    return http_json(p.ports["health"])[0]
+
+
 def start_replicas(db_url: str, workdir: Path, n: int, **extra: str) -> list[Proc]:
     env = env_for(db_url, workdir / "home", workdir / "dags", **extra)
     return [start_scheduler(env, workdir, f"r{i}") for i in range(n)]
@@ -192,9 +199,7 @@ def test_database_outage_turns_replicas_unhealthy_then_healthy(
     name = sa.engine.make_url(db_url).database
     admin = sa.create_engine(pg_admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     try:
-        wait_until(
-            lambda: all(http_json(p.ports["health"])[0] == 200 for p in procs), 20, "healthy"
-        )
+        wait_until(lambda: all(health_of(p) == 200 for p in procs), 20, "healthy")
         with admin.connect() as conn:
             conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
             conn.execute(
@@ -205,7 +210,7 @@ def test_database_outage_turns_replicas_unhealthy_then_healthy(
             )
         down = wait_until(
             lambda: (
-                all(http_json(p.ports["health"])[0] == 503 for p in procs)
+                all(health_of(p) == 503 for p in procs)
                 and [http_json(p.ports["health"])[1] for p in procs]
             ),
             20,
@@ -214,9 +219,7 @@ def test_database_outage_turns_replicas_unhealthy_then_healthy(
         assert all(any("store" in r or "heartbeat" in r for r in body["reasons"]) for body in down)
         with admin.connect() as conn:
             conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
-        wait_until(
-            lambda: all(http_json(p.ports["health"])[0] == 200 for p in procs), 30, "healthy again"
-        )
+        wait_until(lambda: all(health_of(p) == 200 for p in procs), 30, "healthy again")
         wait_until(
             lambda: scalar(db_url, "SELECT count(*) FROM dag_run WHERE state = 'success'") == 3,
             60,

@@ -5,14 +5,17 @@ other kinds succeed unless a test supplies its own `execute`."""
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from tradewind.errors import StoreUnavailableError
 from tradewind.scheduling.retries import AttemptOutcome
 from tradewind.spec import TaskKind
 from tradewind_cluster.scheduler.dispatching import DispatchRequest, DispatchResult
 from tradewind_cluster.scheduler.reports import ReportHandler
+from tradewind_cluster.store.attempts import ReportResult
 
 __all__ = ["LocalDispatcher", "Outcome", "run_bash"]
 
@@ -82,20 +85,35 @@ class LocalDispatcher:
 
     def _run(self, req: DispatchRequest) -> None:
         a = req.attempt
-        if not self.reports.started(a.ti_id, a.token, worker_id=self.worker_id).accepted:
+        started = self._report(
+            lambda: self.reports.started(a.ti_id, a.token, worker_id=self.worker_id)
+        )
+        if not started.accepted:
             return
         try:
             result = self._execute(req)
         except Exception as exc:  # noqa: BLE001 - a task's failure is its outcome
             result = Outcome(outcome=AttemptOutcome.FAILED, error=repr(exc))
-        self.reports.finished(
-            a.ti_id,
-            a.token,
-            outcome=result.outcome,
-            exit_code=result.exit_code,
-            error=result.error,
-            followed=result.followed,
+        self._report(
+            lambda: self.reports.finished(
+                a.ti_id,
+                a.token,
+                outcome=result.outcome,
+                exit_code=result.exit_code,
+                error=result.error,
+                followed=result.followed,
+            )
         )
+
+    def _report(self, send: Callable[[], ReportResult]) -> ReportResult:
+        """Send a report until the store takes it, as a worker would (the store may be down)."""
+        delay = 0.1
+        while True:
+            try:
+                return send()
+            except StoreUnavailableError:
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def close(self) -> None:
         """Wait for running attempts and stop the pool."""

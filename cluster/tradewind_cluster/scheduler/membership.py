@@ -64,6 +64,9 @@ class Membership:
         self._peers: dict[str, _PeerView] = {}
         self._channels: dict[str, grpc.Channel] = {}
         self.last_heartbeat_ok: float | None = None  # monotonic time of the last good heartbeat
+        # Since when our own heartbeats have succeeded without a gap: after a store outage every
+        # replica's heartbeat is old, so ages mean nothing until ours has been back a while.
+        self.store_ok_since: float | None = None
         self.last_error: str | None = None
         self.declared: list[str] = []
 
@@ -93,16 +96,23 @@ class Membership:
         progress = self._progress()
         progress_at = None if progress is None else datetime.fromtimestamp(progress, UTC)
         try:
+            # Two tries at most: a heartbeat that waits out a long outage in retries would hide
+            # the outage from store_ok_since (and from /health) and arrive late anyway.
             state = self.db.transaction(
-                lambda c: members.heartbeat(c, self.member_id, loop_progress_at=progress_at)
+                lambda c: members.heartbeat(c, self.member_id, loop_progress_at=progress_at),
+                attempts=2,
             )
         except Exception as exc:  # noqa: BLE001 - the store may be down; health reports it
             self.last_error = f"heartbeat failed: {type(exc).__name__}: {exc}"
+            self.store_ok_since = None
             log.warning("heartbeat failed", extra={"event": "heartbeat_failed"})
             self._on_beat(False, self.last_error)
             return None
         if state == "alive":
-            self.last_heartbeat_ok = time.monotonic()
+            now = time.monotonic()
+            if self.store_ok_since is None:
+                self.store_ok_since = now
+            self.last_heartbeat_ok = now
             self.last_error = None
             self._on_beat(True, None)
         elif state is not None:
@@ -136,7 +146,10 @@ class Membership:
 
     def _death_reason(self, age_s: float, view: _PeerView, now: float) -> str | None:
         opts = self.options
-        if age_s > opts.health_threshold_s:
+        settled = (
+            self.store_ok_since is not None and now - self.store_ok_since > opts.health_threshold_s
+        )
+        if age_s > opts.health_threshold_s and settled:
             return f"heartbeat {age_s:.1f}s old (threshold {opts.health_threshold_s}s)"
         stalled = now - view.seq_since
         if view.failures >= opts.peer_failures_before_suspect and (

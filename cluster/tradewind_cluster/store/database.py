@@ -109,19 +109,20 @@ class Database:
             },
         )
 
-    def _retrying(self) -> Retrying:
+    def _retrying(self, attempts: int | None = None) -> Retrying:
         return Retrying(
             retry=retry_if_exception(is_transient),
-            stop=stop_after_attempt(self.options.retry_max_attempts),
+            stop=stop_after_attempt(attempts or self.options.retry_max_attempts),
             wait=wait_random_exponential(multiplier=0.05, max=self.options.retry_max_wait_s),
             before_sleep=_log_retry,
             reraise=True,
         )
 
-    def transaction(self, fn: Callable[[Connection], T]) -> T:
-        """Run fn in one read-write transaction, retrying the whole of it on transient errors."""
+    def transaction(self, fn: Callable[[Connection], T], *, attempts: int | None = None) -> T:
+        """Run fn in one read-write transaction, retrying the whole of it on transient errors
+        (up to `attempts` times; the configured retry_max_attempts by default)."""
         with unavailable_as_error():
-            for attempt in self._retrying():
+            for attempt in self._retrying(attempts):
                 with attempt, self.engine.begin() as conn:
                     return fn(conn)
         raise AssertionError("unreachable")  # pragma: no cover
