@@ -8,6 +8,8 @@ from __future__ import annotations
 from tradewind.baseoperator import BaseOperator
 from tradewind.dag import DAG
 from tradewind.errors import TradewindError
+from tradewind.exceptions import AirflowSkipException
+from tradewind.models import Variable, get_current_context
 from tradewind.operators import (
     BashOperator,
     BranchPythonOperator,
@@ -27,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DAG",
+    "AirflowSkipException",
     "BaseOperator",
     "BashOperator",
     "BranchPythonOperator",
@@ -38,10 +41,12 @@ __all__ = [
     "TaskInstanceState",
     "TradewindError",
     "TriggerRule",
+    "Variable",
     "WeightRule",
     "XComArg",
     "__version__",
     "chain",
     "cross_downstream",
+    "get_current_context",
     "task",
 ]

@@ -216,8 +216,10 @@ class WorkerSettings(_Section):
     queues: Annotated[tuple[Name, ...], NoDecode, Field(min_length=1)] = ("default",)
     shutdown_grace_s: Seconds = 30.0
     kill_grace_s: Seconds = 5.0
+    # Scheduler gRPC addresses (host:port) a worker may talk to; `--schedulers` overrides.
+    schedulers: Annotated[tuple[Name, ...], NoDecode] = ()
 
-    @field_validator("queues", mode="before")
+    @field_validator("queues", "schedulers", mode="before")
     @classmethod
     def _queues_from_text(cls, value: Any) -> Any:
         return _split_queues(value)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from tradewind_cluster.config import Settings
 from tradewind_cluster.rpc.security import (
     RpcSecurity,
     TokenAuthInterceptor,
@@ -17,7 +18,7 @@ from tradewind_cluster.rpc.security import (
     server_credentials,
 )
 
-__all__ = ["RpcOptions", "RpcServer", "open_channel"]
+__all__ = ["RpcOptions", "RpcServer", "open_channel", "rpc_options_from"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,6 +31,23 @@ class RpcOptions:
     call_timeout_s: float = 5.0
     workers: int = 16
     security: RpcSecurity = field(default_factory=RpcSecurity)
+
+
+def rpc_options_from(settings: Settings, port: int) -> RpcOptions:
+    """gRPC server/channel options from the rpc section (`port`: this process's own server)."""
+    r = settings.rpc
+    return RpcOptions(
+        bind_host=r.bind_host,
+        port=port,
+        max_message_bytes=r.max_message_bytes,
+        call_timeout_s=r.call_timeout_s,
+        security=RpcSecurity(
+            token=r.token.get_secret_value() if r.token else None,
+            tls_ca=r.tls_ca,
+            tls_cert=r.tls_cert,
+            tls_key=r.tls_key,
+        ),
+    )
 
 
 def _size_options(limit: int) -> list[tuple[str, int]]:

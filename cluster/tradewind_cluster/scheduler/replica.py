@@ -27,8 +27,7 @@ from tradewind_cluster.observability import (
     serve_observability,
 )
 from tradewind_cluster.rpc.scheduler_service import SchedulerService, SchedulerServiceOptions
-from tradewind_cluster.rpc.security import RpcSecurity
-from tradewind_cluster.rpc.server import RpcOptions, RpcServer
+from tradewind_cluster.rpc.server import RpcOptions, RpcServer, rpc_options_from
 from tradewind_cluster.scheduler.context import SchedulerContext, SchedulerOptions
 from tradewind_cluster.scheduler.dispatching import Dispatcher
 from tradewind_cluster.scheduler.grpc_dispatch import GrpcDispatcher
@@ -56,20 +55,8 @@ class ReplicaPorts:
 
 
 def rpc_options(settings: Settings, port: int) -> RpcOptions:
-    """gRPC server/channel options from the rpc section."""
-    r = settings.rpc
-    return RpcOptions(
-        bind_host=r.bind_host,
-        port=port,
-        max_message_bytes=r.max_message_bytes,
-        call_timeout_s=r.call_timeout_s,
-        security=RpcSecurity(
-            token=r.token.get_secret_value() if r.token else None,
-            tls_ca=r.tls_ca,
-            tls_cert=r.tls_cert,
-            tls_key=r.tls_key,
-        ),
-    )
+    """gRPC options for a scheduler (see rpc.server.rpc_options_from)."""
+    return rpc_options_from(settings, port)
 
 
 def _exit_declared_dead(reason: str) -> None:
