@@ -1,0 +1,1 @@
+"""`tradewind standalone`: a whole cluster on one machine, supervised by one process."""
