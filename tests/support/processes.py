@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Proc", "env_for", "http_json", "start_scheduler", "wait_until"]
+__all__ = [
+    "Proc",
+    "env_for",
+    "http_json",
+    "start_process",
+    "start_scheduler",
+    "start_worker",
+    "wait_until",
+]
 
 _PORTS = re.compile(r"running: grpc=(\d+) health=(\d+)")
 
@@ -88,19 +96,34 @@ class Proc:
         return int(self.popen.returncode)
 
 
-def start_scheduler(env: Mapping[str, str], log_dir: Path, name: str, *args: str) -> Proc:
-    """Start `tradewind scheduler --name NAME` and wait for its ports line."""
+def start_process(env: Mapping[str, str], log_dir: Path, name: str, *argv: str) -> Proc:
+    """Start `tradewind ARGV...` and wait for the "running: grpc=P health=P" line it prints."""
     log_path = log_dir / f"{name}.log"
-    cmd = [sys.executable, "-m", "tradewind_cluster.cli.main", "scheduler", "--name", name, *args]
+    cmd = [sys.executable, "-m", "tradewind_cluster.cli.main", *argv]
     with log_path.open("wb") as out:  # the child keeps its own descriptor
         popen = subprocess.Popen(cmd, env=dict(env), stdout=out, stderr=subprocess.STDOUT)
     proc = Proc(popen=popen, log_path=log_path)
 
     def ports() -> dict[str, int] | None:
         if popen.poll() is not None:
-            raise AssertionError(f"scheduler {name} exited {popen.returncode}:\n{proc.log()}")
+            raise AssertionError(f"{name} exited {popen.returncode}:\n{proc.log()}")
         m = _PORTS.search(proc.log())
         return {"grpc": int(m.group(1)), "health": int(m.group(2))} if m else None
 
-    proc.ports = wait_until(ports, 30, f"scheduler {name} to start")
+    proc.ports = wait_until(ports, 30, f"{name} to start")
     return proc
+
+
+def start_scheduler(env: Mapping[str, str], log_dir: Path, name: str, *args: str) -> Proc:
+    """Start `tradewind scheduler --name NAME` and wait for its ports line."""
+    return start_process(env, log_dir, name, "scheduler", "--name", name, *args)
+
+
+def start_worker(
+    env: Mapping[str, str], log_dir: Path, name: str, schedulers: str, *args: str
+) -> Proc:
+    """Start `tradewind worker` (without database credentials) and wait for its ports line."""
+    clean = {k: v for k, v in env.items() if not k.startswith("TRADEWIND__DATABASE__")}
+    return start_process(
+        clean, log_dir, name, "worker", "--name", name, "--schedulers", schedulers, *args
+    )
