@@ -13,7 +13,19 @@ from types import FrameType
 
 from tradewind import __version__
 from tradewind.errors import BadInputError, TradewindError
-from tradewind_cluster.cli import config_cmd, db, jobs_cmd, scheduler_cmd
+from tradewind_cluster.cli import (
+    cluster_cmd,
+    config_cmd,
+    dags_cmd,
+    db,
+    jobs_cmd,
+    pools_cmd,
+    scheduler_cmd,
+    standalone_cmd,
+    tasks_cmd,
+    variables_cmd,
+    worker_cmd,
+)
 from tradewind_cluster.cli.context import CliContext
 from tradewind_cluster.observability import configure_logging
 
@@ -41,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     db.register(sub)
     scheduler_cmd.register(sub)
     jobs_cmd.register(sub)
+    standalone_cmd.register(sub)
+    worker_cmd.register(sub)
+    dags_cmd.register(sub)
+    tasks_cmd.register(sub)
+    pools_cmd.register(sub)
+    variables_cmd.register(sub)
+    cluster_cmd.register(sub)
     return parser
 
 
