@@ -84,6 +84,9 @@ class Housekeeper:
             if self._zombies.due(force)
             else ()
         )
+        touched = [r.run_pk for r in (*zombies, *stuck) if r.run_pk is not None]
+        if touched:  # after the sweeps' transactions: dag_run comes before task_instance
+            self.ctx.db.transaction(lambda c: store_hk.touch_runs(c, touched, now))
         report = HousekeepingReport(
             declared_dead=declared,
             zombies=tuple(zombies),

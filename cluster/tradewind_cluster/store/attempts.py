@@ -143,7 +143,15 @@ def record_finish(
     followed: Sequence[str] | None = None,
 ) -> ReportResult:
     """running → success / skipped / up_for_retry / failed under the token, as `decide` says
-    (the caller passes the core's decide_outcome bound to the task's spec)."""
+    (the caller passes the core's decide_outcome bound to the task's spec).
+
+    Lock order dag_run → task_instance, as the examiner's: the run row is locked first (waiting
+    for an examination of that run in progress), then the task instance."""
+    run_pk = conn.execute(sa.select(ti.c.run_pk).where(ti.c.id == ti_id)).scalar()
+    if run_pk is None:
+        return _refusal(conn, ti_id, token)
+    # Lock: the run before its task instance, so a report never deadlocks with an examiner.
+    conn.execute(sa.select(dag_run.c.id).where(dag_run.c.id == run_pk).with_for_update())
     cur = conn.execute(
         sa.select(ti.c.dag_id, ti.c.task_id, ti.c.try_number, ti.c.max_tries)
         .where(ti.c.id == ti_id, ti.c.token == token, ti.c.state == "running")

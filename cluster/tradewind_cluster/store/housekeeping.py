@@ -4,7 +4,7 @@ is no longer alive), and attempts queued too long without starting."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -15,7 +15,7 @@ from tradewind.scheduling.retries import FailureDecision
 from tradewind.states import TaskInstanceState
 from tradewind_cluster.store.schema import dag_run, scheduler_member, task_attempt, task_instance
 
-__all__ = ["Reaped", "adopt_orphans", "reap_zombies", "requeue_stuck_queued"]
+__all__ = ["Reaped", "adopt_orphans", "reap_zombies", "requeue_stuck_queued", "touch_runs"]
 
 ti = task_instance
 m = scheduler_member
@@ -31,13 +31,17 @@ class Reaped:
     run_id: str
     to_state: TaskInstanceState
     reason: str
+    run_pk: int | None = None
 
 
-def _touch_runs(conn: Connection, run_pks: set[int], now: datetime) -> None:
-    if run_pks:
+def touch_runs(conn: Connection, run_pks: Iterable[int], now: datetime) -> None:
+    """Ask for these runs to be examined now. Called in its own transaction after the sweep's:
+    a sweep holds task-instance locks, and the lock order puts dag_run before task_instance."""
+    pks = sorted(set(run_pks))
+    if pks:
         conn.execute(
             sa.update(dag_run)
-            .where(dag_run.c.id.in_(sorted(run_pks)), dag_run.c.state == "running")
+            .where(dag_run.c.id.in_(pks), dag_run.c.state == "running")
             .values(examine_after=now)
         )
 
@@ -104,9 +108,9 @@ def reap_zombies(
                 run_id=r.run_id,
                 to_state=decision.to_state,
                 reason=reason,
+                run_pk=r.run_pk,
             )
         )
-    _touch_runs(conn, {r.run_pk for r in rows}, now)
     return reaped
 
 
@@ -216,7 +220,7 @@ def requeue_stuck_queued(
                 run_id=r.run_id,
                 to_state=to,
                 reason=reason,
+                run_pk=r.run_pk,
             )
         )
-    _touch_runs(conn, {r.run_pk for r in rows}, now)
     return out
