@@ -28,6 +28,7 @@ __all__ = [
     "InvalidTransitionError",
     "InvalidTriggerRuleError",
     "RetryableError",
+    "SchemaError",
     "SerializationError",
     "StaleError",
     "StoreUnavailableError",
@@ -77,6 +78,10 @@ class RetryableError(TradewindError):
 
 class StoreUnavailableError(RetryableError):
     """The metadata database could not be reached, even after retries."""
+
+
+class SchemaError(TradewindError):
+    """The metadata database has no Tradewind schema, or an older one: run `db upgrade`."""
 
 
 class BadInputError(TradewindError):

@@ -4,6 +4,7 @@ command, and turns errors into one clear line on stderr and a non-zero exit stat
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import sys
@@ -13,19 +14,6 @@ from types import FrameType
 
 from tradewind import __version__
 from tradewind.errors import BadInputError, TradewindError
-from tradewind_cluster.cli import (
-    cluster_cmd,
-    config_cmd,
-    dags_cmd,
-    db,
-    jobs_cmd,
-    pools_cmd,
-    scheduler_cmd,
-    standalone_cmd,
-    tasks_cmd,
-    variables_cmd,
-    worker_cmd,
-)
 from tradewind_cluster.cli.context import CliContext
 from tradewind_cluster.observability import configure_logging
 
@@ -35,8 +23,26 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command tree (docs/cli.md is generated from it)."""
+# Command → (module under tradewind_cluster.cli, one-line help). A run imports only the module of
+# the command it runs, so `tradewind jobs check` does not load gRPC, the worker or Alembic.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("config_cmd", "show the effective configuration"),
+    "db": ("db", "manage the metadata database schema"),
+    "scheduler": ("scheduler_cmd", "run a scheduler replica (any number may run at once)"),
+    "worker": ("worker_cmd", "run a worker agent that executes task attempts"),
+    "jobs": ("jobs_cmd", "check scheduler liveness"),
+    "standalone": ("standalone_cmd", "run PostgreSQL, schedulers, workers and examples here"),
+    "dags": ("dags_cmd", "list, trigger, pause and inspect DAGs"),
+    "tasks": ("tasks_cmd", "inspect, clear, mark and test task instances"),
+    "pools": ("pools_cmd", "manage pools"),
+    "variables": ("variables_cmd", "manage Variables"),
+    "cluster": ("cluster_cmd", "show the state of the cluster"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command tree (docs/cli.md is generated from the full one). With `only`, every other
+    command gets a placeholder parser, so its module is not imported."""
     parser = argparse.ArgumentParser(
         prog="tradewind", description="Tradewind: an all-active, multi-scheduler workflow service."
     )
@@ -49,18 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(handler=lambda args, ctx: print(__version__) or 0)
-    config_cmd.register(sub)
-    db.register(sub)
-    scheduler_cmd.register(sub)
-    jobs_cmd.register(sub)
-    standalone_cmd.register(sub)
-    worker_cmd.register(sub)
-    dags_cmd.register(sub)
-    tasks_cmd.register(sub)
-    pools_cmd.register(sub)
-    variables_cmd.register(sub)
-    cluster_cmd.register(sub)
+    for name, (module, help_text) in COMMANDS.items():
+        if only is None or only == name:
+            importlib.import_module(f"tradewind_cluster.cli.{module}").register(sub)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command word of argv (skipping global options), if it names a known command."""
+    it = iter(argv)
+    for word in it:
+        if word == "--config":
+            next(it, None)
+        elif not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -70,7 +81,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit status."""
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(only=_command_in(words)).parse_args(words)
     configure_logging("DEBUG" if args.verbose else "WARNING")
     for noisy in ("pgserver", "alembic"):  # their INFO lines are start-up chatter
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,12 +1,16 @@
 """OpenTelemetry set-up from the [tracing] section and W3C trace-context propagation, so a trace
-crosses gRPC metadata and a task subprocess's environment (TRACEPARENT)."""
+crosses gRPC metadata, a task subprocess's environment (TRACEPARENT) and the store (a run's
+traceparent), plus the never-failing helpers the scheduler steps record their spans with."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import logging
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import trace
@@ -19,7 +23,8 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.trace import Span, SpanKind, Tracer
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, Span, SpanContext, SpanKind, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util import types
 from opentelemetry.util._decorator import _AgnosticContextManager
@@ -31,13 +36,21 @@ __all__ = [
     "TRACEPARENT_ENV",
     "TRACESTATE_ENV",
     "configure_tracing",
+    "context_from",
     "extract_context",
     "extract_env",
     "inject_context",
     "inject_env",
+    "keyed_context",
+    "record_span",
     "shutdown_tracing",
+    "start_root_span",
+    "traceparent",
     "tracer",
 ]
+
+log = logging.getLogger(__name__)
+_STEPS = "tradewind_cluster.scheduler"  # the instrumentation scope of the step spans
 
 TRACEPARENT_ENV = "TRACEPARENT"
 TRACESTATE_ENV = "TRACESTATE"
@@ -49,6 +62,18 @@ _OTLP_MODULES = (
     "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
 )
+
+
+_KEYED_SPAN_ID: ContextVar[int | None] = ContextVar("tradewind_keyed_span_id", default=None)
+
+
+class _KeyedIds(RandomIdGenerator):
+    """Random ids, except while record_span asks for the id derived from a span's key, so that
+    another process can name that span as a parent without the store keeping its id."""
+
+    def generate_span_id(self) -> int:
+        keyed = _KEYED_SPAN_ID.get()
+        return keyed if keyed is not None else super().generate_span_id()
 
 
 class _Active:
@@ -101,7 +126,7 @@ def configure_tracing(
     Spans are recorded even with exporter none, so trace context still propagates."""
     processors = _processors(settings, exporter)  # raises ConfigError before any state changes
     resource = Resource.create({**(attributes or {}), SERVICE_NAME: settings.service_name})
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource, id_generator=_KeyedIds())
     for processor in processors:
         provider.add_span_processor(processor)
     with _Active.lock:
@@ -217,3 +242,81 @@ def extract_env(environ: Mapping[str, str]) -> Context:
         if name in environ
     }
     return _PROPAGATOR.extract(headers)
+
+
+# -- spans of the scheduler steps: one per task-instance step, never failing the step ------------
+def traceparent(span: Span) -> str | None:
+    """The W3C traceparent naming span (what the store keeps), or None for a non-recording span
+    (tracing not configured)."""
+    if not span.get_span_context().is_valid:
+        return None
+    return inject_context(trace.set_span_in_context(span)).get("traceparent")
+
+
+def context_from(value: str | None) -> Context:
+    """The parent context a stored traceparent names; an empty context (a new root) for None or
+    a malformed value."""
+    return Context() if not value else extract_context({"traceparent": value}, Context())
+
+
+def _derived_span_id(trace_id: int, key: Sequence[object]) -> int:
+    text = "\x1f".join([f"{trace_id:032x}", *(str(part) for part in key)])
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") or 1
+
+
+def keyed_context(value: str | None, key: Sequence[object]) -> Context:
+    """The context of the span record_span made with `key` in the trace `value` names (its id is
+    derived, so it need not be stored); the run's own context when value names no span."""
+    parent = trace.get_current_span(context_from(value)).get_span_context()
+    if not parent.is_valid:
+        return Context()
+    keyed = SpanContext(
+        trace_id=parent.trace_id,
+        span_id=_derived_span_id(parent.trace_id, key),
+        is_remote=True,
+        trace_flags=parent.trace_flags,
+        trace_state=parent.trace_state,
+    )
+    return trace.set_span_in_context(NonRecordingSpan(keyed), Context())
+
+
+def start_root_span(name: str, attributes: types.Attributes = None) -> Span:
+    """Start (not end) the root span of a new trace; a non-recording span if tracing fails."""
+    try:
+        return _current_tracer(_STEPS).start_span(name, Context(), attributes=attributes)
+    except Exception:  # tracing must never fail a scheduler step
+        log.warning("could not start span %s", name, exc_info=True)
+        return INVALID_SPAN
+
+
+def record_span(
+    name: str,
+    parent: Context,
+    *,
+    key: Sequence[object] | None = None,
+    attributes: types.Attributes = None,
+    start_time: int | None = None,
+) -> str | None:
+    """Start and end one span under parent and return its traceparent (None when tracing is off
+    or failed: a step never fails because of tracing). With `key` its span id is derived from
+    the trace id and key, so keyed_context(parent's traceparent, key) names it from anywhere."""
+    try:
+        parent_span = trace.get_current_span(parent).get_span_context()
+        keyed = (
+            _derived_span_id(parent_span.trace_id, key)
+            if key is not None and parent_span.is_valid
+            else None
+        )
+        token = _KEYED_SPAN_ID.set(keyed)
+        try:
+            span = _current_tracer(_STEPS).start_span(
+                name, parent, attributes=attributes, start_time=start_time
+            )
+        finally:
+            _KEYED_SPAN_ID.reset(token)
+        span.end()
+        return traceparent(span)
+    except Exception:  # tracing must never fail a scheduler step
+        log.warning("could not record span %s", name, exc_info=True)
+        return None

@@ -22,7 +22,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from tradewind.errors import RetryableError, StoreUnavailableError
+from tradewind.errors import RetryableError, SchemaError, StoreUnavailableError
 
 __all__ = ["Connection", "Database", "DatabaseOptions", "is_transient", "unavailable_as_error"]
 
@@ -31,6 +31,8 @@ T = TypeVar("T")
 
 # SQLSTATEs worth retrying: serialization failure, deadlock, lock timeout, admin shutdown,
 # crash shutdown, cannot connect now, connection exceptions (class 08).
+# Undefined table / column: the schema is missing or older than this code.
+_SCHEMA_SQLSTATES = {"42P01", "42703"}
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03"}
 
 
@@ -80,12 +82,18 @@ def _describe(exc: BaseException) -> str:
 
 @contextmanager
 def unavailable_as_error() -> Iterator[None]:
-    """Turn a connection failure that survived the retries into StoreUnavailableError."""
+    """Turn a connection failure that survived the retries into StoreUnavailableError, and a
+    missing table into SchemaError."""
     try:
         yield
     except sa.exc.DBAPIError as exc:
         if is_transient(exc):
             raise StoreUnavailableError(f"metadata database unreachable: {_describe(exc)}") from exc
+        if getattr(exc.orig, "pgcode", None) in _SCHEMA_SQLSTATES:
+            raise SchemaError(
+                f"the metadata database schema is missing or out of date ({_describe(exc)}): "
+                "run `tradewind db upgrade`"
+            ) from exc
         raise
 
 
