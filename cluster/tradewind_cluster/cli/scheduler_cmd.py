@@ -10,7 +10,13 @@ from types import FrameType
 from tradewind.errors import ConfigError
 from tradewind_cluster.cli.context import CliContext
 from tradewind_cluster.cli.ports import add_port_arguments, with_ports
-from tradewind_cluster.observability import configure_logging, settings_secrets
+from tradewind_cluster.config import Settings
+from tradewind_cluster.observability import (
+    configure_logging,
+    configure_tracing,
+    settings_secrets,
+    shutdown_tracing,
+)
 from tradewind_cluster.observability.logs import SecretMasker
 from tradewind_cluster.scheduler.replica import SchedulerReplica
 from tradewind_cluster.store import migrate
@@ -35,6 +41,15 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
         settings.logging.format,
         masker=SecretMasker(settings_secrets(settings)),
     )
+    # Before the replica exists: every span it opens uses the configured exporter.
+    configure_tracing(settings.tracing, attributes={"process.kind": "scheduler"}, set_global=True)
+    try:
+        return _serve(args, ctx, settings)
+    finally:
+        shutdown_tracing()
+
+
+def _serve(args: argparse.Namespace, ctx: CliContext, settings: Settings) -> int:
     with ctx.database() as db:
         status = migrate.check(db)
         if not status.up_to_date:

@@ -42,6 +42,7 @@ class DispatchResult:
     token: int
     worker_id: str | None
     error: str | None = None
+    trace_context: str | None = None  # traceparent of the dispatch span, stored with the attempt
 
 
 class Dispatcher(Protocol):
@@ -86,10 +87,23 @@ class DispatchStep:
         now = now or self.ctx.clock()
         requests = self.ctx.db.read(lambda c: self._requests(c, queued))
         results = self.dispatcher.dispatch(requests) if requests else []
+        accepted_at = self.ctx.clock()
         self.ctx.db.transaction(lambda c: self._apply(c, results, now))
         for q in queued:
             self.ctx.metrics.incr("scheduler.tasks.dispatched", queue=q.queue)
+        self._emit_latency(queued, results, accepted_at)
         return results
+
+    def _emit_latency(
+        self, queued: Sequence[QueuedAttempt], results: Sequence[DispatchResult], at: datetime
+    ) -> None:
+        """scheduler.dispatch.latency: from queued to accepted by a worker."""
+        by_ref = {(q.ti_id, q.token): q for q in queued}
+        for r in results:
+            q = by_ref.get((r.ti_id, r.token))
+            if r.worker_id is not None and q is not None and q.queued_at is not None:
+                latency = max(0.0, (at - q.queued_at).total_seconds())
+                self.ctx.metrics.timing("scheduler.dispatch.latency", latency, queue=q.queue)
 
     def _requests(self, conn: Connection, queued: Sequence[QueuedAttempt]) -> list[DispatchRequest]:
         specs = self.ctx.specs.get_many(conn, [q.dag_id for q in queued])
@@ -114,7 +128,12 @@ class DispatchStep:
         for r in results:
             if r.worker_id is not None:
                 store_attempts.mark_dispatched(
-                    conn, r.ti_id, r.token, worker_id=r.worker_id, now=now
+                    conn,
+                    r.ti_id,
+                    r.token,
+                    worker_id=r.worker_id,
+                    now=now,
+                    trace_context=r.trace_context,
                 )
                 continue
             reason = f"dispatch failed: {r.error or 'no worker accepted it'}"

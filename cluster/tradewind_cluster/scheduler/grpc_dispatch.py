@@ -22,7 +22,12 @@ from tradewind.serialization import spec_from_dict, spec_to_dict
 from tradewind.spec import DagSpec, ScheduleKind, ScheduleSpec, TaskSpec
 from tradewind_cluster.config import Settings
 from tradewind_cluster.observability.metrics import Metrics
-from tradewind_cluster.observability.tracing import inject_context, tracer
+from tradewind_cluster.observability.tracing import (
+    context_from,
+    inject_context,
+    traceparent,
+    tracer,
+)
 from tradewind_cluster.rpc.security import call_metadata
 from tradewind_cluster.rpc.server import RpcOptions, open_channel
 from tradewind_cluster.scheduler.context import SchedulerContext
@@ -211,10 +216,30 @@ class GrpcDispatcher:
             for q in open_:
                 open_[q] = max(0, open_[q] - pending.get(q, 0))
             self._queue_cache = (now, open_)
+            assigned = sum(len(w.assigned) for w in self._workers.values())
+            running = sum(w.running for w in self._workers.values())
+        self._emit_board(total, open_, pending, assigned, running)
+        return dict(open_)
+
+    def _emit_board(
+        self,
+        total: int,
+        open_: Mapping[str, int],
+        pending: Mapping[str, int],
+        assigned: int,
+        running: int,
+    ) -> None:
+        """Executor and queue gauges: queued counts attempts not yet accepted by a worker plus
+        those accepted but not started; running is what the workers last said they run."""
         self.metrics.gauge("executor.open_slots", total)
+        self.metrics.gauge("executor.running_tasks", running)
+        self.metrics.gauge(
+            "executor.queued_tasks", sum(pending.values()) + max(0, assigned - running)
+        )
         for q, n in open_.items():
             self.metrics.gauge("queue.open_slots", n, queue=q)
-        return dict(open_)
+        for q in sorted({*open_, *pending}):
+            self.metrics.gauge("queue.queued_tasks", pending.get(q, 0), queue=q)
 
     def close(self) -> None:
         """Stop the RPC threads and close every channel."""
@@ -339,8 +364,12 @@ class GrpcDispatcher:
             "tradewind.token": a.token,
             "tradewind.queue": a.queue,
         }
+        # A child of the attempt's task.queue span; the worker's task.execute is its child.
         with _tracer.start_as_current_span(
-            "dispatch attempt", kind=SpanKind.CLIENT, attributes=attributes
+            "task.dispatch",
+            context=context_from(a.trace_context),
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
         ) as span:
             message = build_execute_request(req)
             tried: set[str] = set()
@@ -353,7 +382,12 @@ class GrpcDispatcher:
                 sent = self._send(worker, message, a.queue)
                 if sent.accepted:
                     span.set_attribute("tradewind.worker", worker.id)
-                    return DispatchResult(ti_id=a.ti_id, token=a.token, worker_id=worker.id)
+                    return DispatchResult(
+                        ti_id=a.ti_id,
+                        token=a.token,
+                        worker_id=worker.id,
+                        trace_context=traceparent(span),
+                    )
                 self._release(ref, worker.id)
                 errors.append(f"worker {worker.id}: {sent.reason}")
                 if sent.broken:

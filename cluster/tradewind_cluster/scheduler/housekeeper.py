@@ -1,5 +1,6 @@
 """Step 7 of the loop: housekeeping, each sweep on its own interval and sharded by row locks —
-peers (declare dead), orphans of dead replicas, attempts stuck in queued, and zombies."""
+peers (declare dead), orphans of dead replicas, attempts stuck in queued, and zombies — and the
+pool gauges, every pool_metrics_interval as Airflow sends them."""
 
 from __future__ import annotations
 
@@ -11,15 +12,19 @@ from datetime import datetime
 
 from tradewind.scheduling.retries import FailureDecision, decide_failure
 from tradewind.spec import TaskKind, TaskSpec
+from tradewind.states import TaskInstanceState
 from tradewind_cluster.scheduler.context import SchedulerContext
 from tradewind_cluster.store import housekeeping as store_hk
 from tradewind_cluster.store import workers as store_workers
 from tradewind_cluster.store.database import Connection
 from tradewind_cluster.store.notify import notify
+from tradewind_cluster.store.queueing import pool_slots
 
 __all__ = ["Housekeeper", "HousekeepingReport"]
 
 log = logging.getLogger(__name__)
+POOL_METRICS_INTERVAL_S = 5.0  # Airflow's [scheduler] pool_metrics_interval
+_POOLS_LIMIT = 1000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +70,7 @@ class Housekeeper:
         self._peers = _Every(0.5)
         self._orphans = _Every(opts.orphan_check_interval_s)
         self._zombies = _Every(opts.zombie_check_interval_s)
+        self._pools = _Every(POOL_METRICS_INTERVAL_S)
 
     def run_once(self, now: datetime | None = None, *, force: bool = False) -> HousekeepingReport:
         """Run the sweeps that are due."""
@@ -96,7 +102,18 @@ class Housekeeper:
             lost_workers=lost,
         )
         self._emit(report)
+        if self._pools.due(force):
+            self._emit_pools()
         return report
+
+    def _emit_pools(self) -> None:
+        """Airflow's pool gauges for every pool (each replica sends the same figures)."""
+        m = self.ctx.metrics
+        for p in self.ctx.db.read(lambda c: pool_slots(c, limit=_POOLS_LIMIT)):
+            m.gauge("pool.open_slots", p.open, pool=p.pool)
+            m.gauge("pool.queued_slots", p.queued, pool=p.pool)
+            m.gauge("pool.running_slots", p.running, pool=p.pool)
+            m.gauge("pool.scheduled_slots", p.scheduled, pool=p.pool)
 
     def _orphans_and_stuck(
         self, conn: Connection, now: datetime
@@ -154,6 +171,9 @@ class Housekeeper:
         m = self.ctx.metrics
         for z in report.zombies:
             m.incr("zombies_killed", dag_id=z.dag_id, task_id=z.task_id)
+            if z.to_state in (TaskInstanceState.FAILED, TaskInstanceState.UP_FOR_RETRY):
+                # Airflow fails a zombie through handle_failure, which counts it.
+                m.incr("ti_failures", dag_id=z.dag_id, task_id=z.task_id)
             log.warning(
                 "zombie %s.%s (%s): %s",
                 z.dag_id,

@@ -4,6 +4,7 @@ other kinds succeed unless a test supplies its own `execute`."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,8 +34,18 @@ class Outcome:
 def run_bash(req: DispatchRequest) -> Outcome:
     """Run a BashOperator's command as written (no templating in this fake)."""
     fields = req.task.fields
+    a = req.attempt
+    env = {
+        **os.environ,
+        "TRADEWIND_TI_ID": str(a.ti_id),
+        "TRADEWIND_ATTEMPT_TOKEN": str(a.token),
+        "TRADEWIND_TRY_NUMBER": str(a.try_number),
+    }
     proc = subprocess.run(
-        ["bash", "-c", str(fields.get("bash_command", "true"))], capture_output=True, check=False
+        ["bash", "-c", str(fields.get("bash_command", "true"))],
+        capture_output=True,
+        check=False,
+        env=env,
     )
     skip = fields.get("skip_on_exit_code", 99)
     skips = set(skip) if isinstance(skip, list) else {skip}

@@ -20,6 +20,7 @@ from tradewind_cluster.scheduler.examiner import RunExaminer
 from tradewind_cluster.scheduler.housekeeper import Housekeeper
 from tradewind_cluster.scheduler.queuer import Queuer
 from tradewind_cluster.scheduler.run_creation import RunCreator
+from tradewind_cluster.store import dags
 from tradewind_cluster.store.notify import Listener
 
 __all__ = ["LoopReport", "SchedulerLoop", "Waker"]
@@ -155,15 +156,27 @@ class SchedulerLoop:
                 if stop.is_set():
                     break
                 if not report.busy:
-                    timeout = (
-                        self.ctx.options.idle_sleep_s
-                        if not report.errors
-                        else min(1.0, self.ctx.options.idle_sleep_s)
-                    )
-                    listener.wait(timeout, also=(self.waker.fd,))
+                    listener.wait(self._idle_timeout(), also=(self.waker.fd,))
                     self.waker.drain()
         finally:
             listener.close()
+
+    def _idle_timeout(self) -> float:
+        """Sleep until the next scheduled work falls due (a run's data interval ends, a retry
+        delay passes), idle_sleep_s at most; events wake the loop sooner through NOTIFY."""
+        idle = self.ctx.options.idle_sleep_s
+        try:
+            due = self.ctx.db.read(dags.next_due_at)
+        except Exception:  # noqa: BLE001 - the store may be down: the plain idle sleep will do
+            return idle
+        if due is None:
+            return idle
+        wait = (due - self.ctx.clock()).total_seconds()
+        if wait <= 0:
+            # Due already but this iteration found nothing to do: another replica holds it (or
+            # it keeps failing). Look again soon, without spinning.
+            return min(idle, 0.05)
+        return min(idle, wait + 0.001)
 
     def close(self) -> None:
         """Release the wake-up pipe."""

@@ -1,15 +1,19 @@
 """Step 5 of the loop: the critical section, pool by pool. Pools are visited in an order of
-this replica's own shuffling, so replicas spread over pools instead of queueing behind one."""
+this replica's own shuffling, so replicas spread over pools instead of queueing behind one.
+Each attempt queued gets a "task.queue" span, a child of its task.schedule span."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 
 from tradewind.scheduling.admission import admit
+from tradewind_cluster.observability.tracing import context_from, keyed_context, record_span
 from tradewind_cluster.scheduler.context import SchedulerContext
+from tradewind_cluster.scheduler.examiner import schedule_span_key
 from tradewind_cluster.store.database import Connection
 from tradewind_cluster.store.queueing import (
     PoolOutcome,
@@ -57,14 +61,16 @@ class Queuer:
         queue_open = self._queue_open()
         with self.ctx.metrics.timer("scheduler.critical_section_duration"):
             for name in todo:
-                outcome = self.ctx.db.transaction(
-                    partial(self._one, pool_name=name, now=now, queue_open=queue_open)
-                )
+                started_ns = time.time_ns()
+                with self.ctx.metrics.timer("scheduler.critical_section_query_duration"):
+                    outcome = self.ctx.db.transaction(
+                        partial(self._one, pool_name=name, now=now, queue_open=queue_open)
+                    )
                 if outcome is None:
                     busy += 1
                     self.ctx.metrics.incr("scheduler.critical_section_busy")
                     continue
-                queued.extend(outcome.queued)
+                queued.extend(self._traced(a, started_ns) for a in outcome.queued)
                 starving += self._emit(outcome)
         self.ctx.metrics.gauge("scheduler.tasks.executable", len(queued))
         self.ctx.metrics.gauge("scheduler.tasks.starving", starving)
@@ -89,6 +95,37 @@ class Queuer:
             parallelism=opts.parallelism,
             queue_open=queue_open,
         )
+
+    def _traced(self, a: QueuedAttempt, started_ns: int) -> QueuedAttempt:
+        """Record the attempt's task.queue span (and task.scheduled_duration, which Airflow
+        sends for a task instance's first round only); the span is the dispatch's parent."""
+        waited = a.scheduled_for
+        if a.first_try and waited is not None:
+            self.ctx.metrics.timing(
+                "task.scheduled_duration", max(0.0, waited), dag_id=a.dag_id, task_id=a.task_id
+            )
+        if a.run_trace_context is None:
+            return a
+        parent = (
+            keyed_context(a.run_trace_context, schedule_span_key(a.ti_id, a.scheduled_at))
+            if a.scheduled_at is not None
+            else context_from(a.run_trace_context)
+        )
+        span = record_span(
+            "task.queue",
+            parent,
+            attributes={
+                "tradewind.dag_id": a.dag_id,
+                "tradewind.run_id": a.run_id,
+                "tradewind.task_id": a.task_id,
+                "tradewind.ti_id": a.ti_id,
+                "tradewind.token": a.token,
+                "tradewind.pool": a.pool,
+                "tradewind.queue": a.queue,
+            },
+            start_time=started_ns,
+        )
+        return replace(a, trace_context=span)
 
     def _emit(self, outcome: PoolOutcome) -> int:
         if outcome.admission is None:

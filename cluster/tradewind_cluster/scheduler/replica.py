@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -25,6 +26,12 @@ from tradewind_cluster.observability import (
     HealthSync,
     build_metrics,
     serve_observability,
+)
+from tradewind_cluster.parsing.processor import (
+    DagFileProcessor,
+    FileOutcome,
+    ParseReport,
+    ProcessorOptions,
 )
 from tradewind_cluster.rpc.scheduler_service import SchedulerService, SchedulerServiceOptions
 from tradewind_cluster.rpc.server import RpcOptions, RpcServer, rpc_options_from
@@ -43,6 +50,7 @@ __all__ = ["EXIT_DECLARED_DEAD", "ReplicaPorts", "SchedulerReplica", "rpc_option
 
 log = logging.getLogger(__name__)
 EXIT_DECLARED_DEAD = 3
+_PARSE_TIMEOUT = "DagFileTimeout:"  # how the processor words a parse it killed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,27 +200,38 @@ class SchedulerReplica:
 
     def _default_dispatcher(self, reports: ReportHandler) -> Dispatcher:
         if self.settings.scheduler.executor == "local":
-            return LocalDispatcher(reports, slots=self.settings.worker.slots)
+            # in-process attempts are recorded as run by this replica
+            return LocalDispatcher(
+                reports, slots=self.settings.worker.slots, worker_id=self.member_id
+            )
         return GrpcDispatcher.for_replica(self.ctx, self.settings, rpc_options(self.settings, 0))
 
     def _make_parser(self) -> Callable[[], object]:
-        from tradewind_cluster.parsing.processor import DagFileProcessor, ProcessorOptions
-
         processor = DagFileProcessor(
             self.db, ProcessorOptions.from_settings(self.settings), self.member_id
         )
 
         def parse_once() -> object:
             report = processor.run_once(self.ctx.clock())
-            if report.files_parsed:
-                self.metrics.gauge("dag_processing.total_parse_time", report.total_parse_time_s)
-            if report.import_errors_total is not None:
-                self.metrics.gauge("dag_processing.import_errors", report.import_errors_total)
-            if report.dag_bag_size is not None:
-                self.metrics.gauge("dagbag_size", report.dag_bag_size)
+            self._emit_parse(report)
             return report
 
         return parse_once
+
+    def _emit_parse(self, report: ParseReport) -> None:
+        """Airflow's dag_processing metrics for one parse pass (file names as their stems)."""
+        m = self.metrics
+        if report.files_parsed:
+            m.gauge("dag_processing.total_parse_time", report.total_parse_time_s)
+        for f in report.files:
+            if f.outcome is FileOutcome.PARSED:
+                m.timing("dag_processing.last_duration", f.duration_s, file=Path(f.path).stem)
+            if f.error is not None and f.error.startswith(_PARSE_TIMEOUT):
+                m.incr("dag_processing.processor_timeouts")
+        if report.import_errors_total is not None:
+            m.gauge("dag_processing.import_errors", report.import_errors_total)
+        if report.dag_bag_size is not None:
+            m.gauge("dagbag_size", report.dag_bag_size)
 
     # -- threads -----------------------------------------------------------------------
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
@@ -237,6 +256,7 @@ class SchedulerReplica:
             except Exception as exc:
                 # only the exception type in /health: its text may carry a secret
                 self.health.set_failure("parser", type(exc).__name__)
+                self.metrics.incr("dag_file_refresh_error")
                 log.exception("DAG parsing pass failed", extra={"event": "parse_failed"})
             if not busy:  # files were due: look again at once, more may be due
                 self._stop.wait(interval)

@@ -1,5 +1,6 @@
 """Applying what workers report (start, finish, heartbeats) through the fenced store calls,
-whichever scheduler replica the worker happens to be talking to."""
+whichever scheduler replica the worker happens to be talking to, and the task metrics Airflow
+sends when a try starts and ends (the worker holds no store, so the scheduler sends them)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from tradewind.scheduling.retries import AttemptOutcome, OutcomeDecision, decide_outcome
+from tradewind.states import TaskInstanceState
 from tradewind_cluster.scheduler.context import SchedulerContext
 from tradewind_cluster.store import attempts as store_attempts
 from tradewind_cluster.store.attempts import AttemptStart, ReportResult
@@ -17,6 +19,7 @@ from tradewind_cluster.store.notify import notify
 __all__ = ["ReportHandler"]
 
 log = logging.getLogger(__name__)
+_FAILED = frozenset({TaskInstanceState.FAILED, TaskInstanceState.UP_FOR_RETRY})
 
 
 class ReportHandler:
@@ -31,10 +34,12 @@ class ReportHandler:
     ) -> ReportResult:
         """The worker started the attempt's user code."""
         now = at or self.ctx.clock()
-        result, _ = self.ctx.db.transaction(
+        result, start = self.ctx.db.transaction(
             lambda c: store_attempts.record_start(c, ti_id, token, worker_id=worker_id, now=now)
         )
         self._count(result)
+        if start is not None:
+            self._emit_start(start, now)
         return result
 
     def finished(
@@ -72,6 +77,8 @@ class ReportHandler:
         self._count(result)
         if result.accepted:
             self.on_change()
+            if result.attempt is not None and result.state is not None:
+                self._emit_finish(result.attempt, result.state, now)
         return result
 
     def heartbeat(
@@ -98,6 +105,28 @@ class ReportHandler:
             )
 
         return decide
+
+    def _emit_start(self, start: AttemptStart, now: datetime) -> None:
+        m, dag_id, task_id = self.ctx.metrics, start.dag_id, start.task_id
+        m.incr("ti.start", dag_id=dag_id, task_id=task_id)
+        # Airflow sends queued_duration for a task instance's first round only.
+        if start.try_number == 1 and start.queued_at is not None:
+            waited = max(0.0, (now - start.queued_at).total_seconds())
+            m.timing("task.queued_duration", waited, dag_id=dag_id, task_id=task_id)
+
+    def _emit_finish(self, start: AttemptStart, state: TaskInstanceState, now: datetime) -> None:
+        m, dag_id, task_id = self.ctx.metrics, start.dag_id, start.task_id
+        operator = start.operator or "unknown"
+        m.incr("ti.finish", dag_id=dag_id, task_id=task_id, state=state.value)
+        if start.start_date is not None:
+            ran = max(0.0, (now - start.start_date).total_seconds())
+            m.timing("task.duration", ran, dag_id=dag_id, task_id=task_id)
+        if state is TaskInstanceState.SUCCESS:
+            m.incr("operator_successes", dag_id=dag_id, task_id=task_id, operator=operator)
+            m.incr("ti_successes", dag_id=dag_id, task_id=task_id)
+        elif state in _FAILED:  # Airflow's handle_failure counts a try that will be retried too
+            m.incr("operator_failures", dag_id=dag_id, task_id=task_id, operator=operator)
+            m.incr("ti_failures", dag_id=dag_id, task_id=task_id)
 
     def _count(self, result: ReportResult) -> None:
         if not result.accepted and result.reason.startswith("stale token"):

@@ -39,6 +39,7 @@ class ReportResult:
     reason: str = ""
     state: TaskInstanceState | None = None
     run_pk: int | None = None
+    attempt: AttemptStart | None = None  # the try it applied to (for the task metrics)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +50,10 @@ class AttemptStart:
     task_id: str
     try_number: int
     max_tries: int
+    operator: str | None = None
+    queue: str | None = None
+    queued_at: datetime | None = None
+    start_date: datetime | None = None  # when this try started running
 
 
 def _refusal(conn: Connection, ti_id: int, token: int) -> ReportResult:
@@ -65,9 +70,16 @@ def _refusal(conn: Connection, ti_id: int, token: int) -> ReportResult:
 
 
 def mark_dispatched(
-    conn: Connection, ti_id: int, token: int, *, worker_id: str, now: datetime
+    conn: Connection,
+    ti_id: int,
+    token: int,
+    *,
+    worker_id: str,
+    now: datetime,
+    trace_context: str | None = None,
 ) -> bool:
-    """Record which worker accepted the attempt (still queued, same token)."""
+    """Record which worker accepted the attempt (still queued, same token), and the traceparent
+    of the dispatch span the worker's spans descend from."""
     result = conn.execute(
         sa.update(ti)
         .where(ti.c.id == ti_id, ti.c.token == token, ti.c.state == "queued")
@@ -76,7 +88,7 @@ def mark_dispatched(
     conn.execute(
         sa.update(task_attempt)
         .where(task_attempt.c.ti_id == ti_id, task_attempt.c.token == token)
-        .values(worker=worker_id, dispatched_at=now)
+        .values(worker=worker_id, dispatched_at=now, trace_context=trace_context)
     )
     return result.rowcount == 1
 
@@ -115,7 +127,16 @@ def record_start(
             heartbeat_at=now,
             updated_at=now,
         )
-        .returning(ti.c.run_pk, ti.c.dag_id, ti.c.task_id, ti.c.try_number, ti.c.max_tries)
+        .returning(
+            ti.c.run_pk,
+            ti.c.dag_id,
+            ti.c.task_id,
+            ti.c.try_number,
+            ti.c.max_tries,
+            ti.c.operator,
+            ti.c.queue,
+            ti.c.queued_at,
+        )
     ).first()
     if row is None:
         return _refusal(conn, ti_id, token), None
@@ -125,9 +146,17 @@ def record_start(
         .values(state="running", start_date=now, worker=worker_id)
     )
     start = AttemptStart(
-        dag_id=row.dag_id, task_id=row.task_id, try_number=row.try_number, max_tries=row.max_tries
+        dag_id=row.dag_id,
+        task_id=row.task_id,
+        try_number=row.try_number,
+        max_tries=row.max_tries,
+        operator=row.operator,
+        queue=row.queue,
+        queued_at=row.queued_at,
+        start_date=now,
     )
-    return ReportResult(accepted=True, state=_TI.RUNNING, run_pk=row.run_pk), start
+    result = ReportResult(accepted=True, state=_TI.RUNNING, run_pk=row.run_pk, attempt=start)
+    return result, start
 
 
 def record_finish(
@@ -153,20 +182,23 @@ def record_finish(
     # Lock: the run before its task instance, so a report never deadlocks with an examiner.
     conn.execute(sa.select(dag_run.c.id).where(dag_run.c.id == run_pk).with_for_update())
     cur = conn.execute(
-        sa.select(ti.c.dag_id, ti.c.task_id, ti.c.try_number, ti.c.max_tries)
+        sa.select(
+            ti.c.dag_id,
+            ti.c.task_id,
+            ti.c.try_number,
+            ti.c.max_tries,
+            ti.c.operator,
+            ti.c.queue,
+            ti.c.queued_at,
+            ti.c.start_date,
+        )
         .where(ti.c.id == ti_id, ti.c.token == token, ti.c.state == "running")
         .with_for_update()
     ).first()
     if cur is None:
         return _refusal(conn, ti_id, token)
-    decision = decide(
-        AttemptStart(
-            dag_id=cur.dag_id,
-            task_id=cur.task_id,
-            try_number=cur.try_number,
-            max_tries=cur.max_tries,
-        )
-    )
+    start = AttemptStart(**cur._asdict())
+    decision = decide(start)
     row = conn.execute(
         sa.update(ti)
         .where(ti.c.id == ti_id, ti.c.token == token, ti.c.state == "running")
@@ -192,7 +224,7 @@ def record_finish(
         .where(dag_run.c.id == row.run_pk, dag_run.c.state == "running")
         .values(examine_after=now)
     )
-    return ReportResult(accepted=True, state=decision.to_state, run_pk=row.run_pk)
+    return ReportResult(accepted=True, state=decision.to_state, run_pk=row.run_pk, attempt=start)
 
 
 def heartbeat_attempts(

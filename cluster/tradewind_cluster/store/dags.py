@@ -8,10 +8,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tradewind_cluster.store.rows import to_dag_row
-from tradewind_cluster.store.schema import dag
+from tradewind_cluster.store.schema import dag, dag_run
 from tradewind_cluster.store.snapshots import DagRow
 
-__all__ = ["claim_due_dags", "clear_check_runs", "set_paused"]
+__all__ = ["claim_due_dags", "clear_check_runs", "next_due_at", "set_paused"]
 
 
 def claim_due_dags(conn: Connection, *, now: datetime, limit: int) -> list[DagRow]:
@@ -42,3 +42,20 @@ def set_paused(conn: Connection, dag_id: str, paused: bool) -> bool:
         sa.update(dag).where(dag.c.dag_id == dag_id).values(is_paused=paused, check_runs=not paused)
     )
     return result.rowcount == 1
+
+
+def next_due_at(conn: Connection) -> datetime | None:
+    """The earliest moment scheduled work falls due: a DAG's next run, or a run's pending
+    examination (retry delay, timeout). An idle replica sleeps until then at most."""
+    next_run = (
+        sa.select(sa.func.min(dag.c.next_dagrun_create_after))
+        .where(dag.c.is_active, ~dag.c.is_paused)
+        .scalar_subquery()
+    )
+    next_examine = (
+        sa.select(sa.func.min(dag_run.c.examine_after))
+        .where(dag_run.c.state == "running")
+        .scalar_subquery()
+    )
+    value = conn.execute(sa.select(sa.func.least(next_run, next_examine))).scalar()
+    return value if isinstance(value, datetime) else None

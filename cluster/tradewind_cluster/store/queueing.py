@@ -10,7 +10,9 @@ Per pool, in one short transaction:
 4. when a cluster-wide parallelism is set, take one advisory lock for the final count and
    update only (held for about a millisecond, not across the decision);
 5. decide with the pure `admit()`, then queue the admitted rows and create their attempts with
-   new fencing tokens in the same transaction, so a token is committed before any dispatch."""
+   new fencing tokens in the same transaction, so a token is committed before any dispatch.
+
+Also the pools' slot figures (Airflow's Pool.slots_stats) the pool gauges report."""
 
 from __future__ import annotations
 
@@ -22,9 +24,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tradewind.scheduling.admission import Admission, Candidate, Capacity, PoolCapacity
-from tradewind_cluster.store.schema import dag, pool, task_attempt, task_instance
+from tradewind_cluster.store.schema import dag, dag_run, pool, task_attempt, task_instance
 
-__all__ = ["PoolOutcome", "QueuedAttempt", "pools_with_scheduled", "queue_pool"]
+__all__ = [
+    "PoolOutcome",
+    "PoolSlots",
+    "QueuedAttempt",
+    "pool_slots",
+    "pools_with_scheduled",
+    "queue_pool",
+]
 
 ti = task_instance
 _ACTIVE = ("queued", "running")
@@ -48,6 +57,36 @@ class QueuedAttempt:
     queue: str
     pool: str
     logical_date: datetime
+    queued_at: datetime | None = None
+    scheduled_at: datetime | None = None  # when the examiner last moved it to scheduled
+    first_try: bool = True  # no try of it has started yet (Airflow's "first round")
+    run_trace_context: str | None = None  # traceparent of the run's root span
+    trace_context: str | None = None  # traceparent of the task.queue span, once recorded
+
+    @property
+    def scheduled_for(self) -> float | None:
+        """Seconds it waited in scheduled before it was queued (task.scheduled_duration)."""
+        if self.queued_at is None or self.scheduled_at is None:
+            return None
+        return (self.queued_at - self.scheduled_at).total_seconds()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolSlots:
+    """A pool's slots as Airflow's pool gauges count them: slots taken by queued and running
+    task instances, slots wanted by scheduled ones, and what is open (total - queued -
+    running, negative after the pool was shrunk below its use)."""
+
+    pool: str
+    total: int
+    queued: int
+    running: int
+    scheduled: int
+
+    @property
+    def open(self) -> int:
+        """Slots free now."""
+        return self.total - self.queued - self.running
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,6 +233,8 @@ def _queue(
                 ti.c.queue,
                 ti.c.pool,
                 ti.c.logical_date,
+                ti.c.scheduled_at,
+                ti.c.run_pk,
             )
         )
         .mappings()
@@ -201,6 +242,13 @@ def _queue(
     )
     if not rows:
         return ()
+    traces = dict(
+        conn.execute(
+            sa.select(dag_run.c.id, dag_run.c.trace_context).where(
+                dag_run.c.id.in_(sorted({r["run_pk"] for r in rows}))
+            )
+        ).all()
+    )
     attempt_ids = conn.execute(
         sa.insert(task_attempt)
         .values(
@@ -234,6 +282,10 @@ def _queue(
             queue=r["queue"],
             pool=r["pool"],
             logical_date=r["logical_date"],
+            queued_at=now,
+            scheduled_at=r["scheduled_at"],
+            first_try=r["try_number"] == 0,
+            run_trace_context=traces.get(r["run_pk"]),
         )
         for r in rows
     )
@@ -269,3 +321,30 @@ def queue_pool(
     admission = decide(cands, capacity)
     queued = _queue(conn, admission.admitted, member_id, now)
     return PoolOutcome(pool=pool_name, queued=queued, admission=admission, skipped_dags=skipped)
+
+
+def pool_slots(conn: Connection, *, limit: int = 1000) -> list[PoolSlots]:
+    """Every pool (up to limit, by name) with the slots its task instances take or want."""
+    names = dict(
+        conn.execute(sa.select(pool.c.name, pool.c.slots).order_by(pool.c.name).limit(limit)).all()
+    )
+    if not names:
+        return []
+    used: dict[tuple[str, str], int] = {
+        (name, state): int(slots or 0)
+        for name, state, slots in conn.execute(
+            sa.select(ti.c.pool, ti.c.state, sa.func.sum(ti.c.pool_slots))
+            .where(ti.c.pool.in_(list(names)), ti.c.state.in_(("scheduled", *_ACTIVE)))
+            .group_by(ti.c.pool, ti.c.state)
+        )
+    }
+    return [
+        PoolSlots(
+            pool=name,
+            total=int(total),
+            queued=used.get((name, "queued"), 0),
+            running=used.get((name, "running"), 0),
+            scheduled=used.get((name, "scheduled"), 0),
+        )
+        for name, total in names.items()
+    ]

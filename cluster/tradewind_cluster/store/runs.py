@@ -1,5 +1,6 @@
 """DAG runs: creating scheduled and triggered runs, starting queued runs within
-max_active_runs (creating their task instances), and finishing runs.
+max_active_runs (creating their task instances), finishing runs, and the run's trace context
+(the W3C traceparent of its root span, which every later span about the run descends from).
 
 Lock order: the caller holds the dag row (claim_due_dags); queued runs are then locked with
 `FOR UPDATE OF dag_run SKIP LOCKED`, and their task instances inserted — dag → dag_run → ti."""
@@ -25,12 +26,16 @@ from tradewind_cluster.store.snapshots import RunRow
 __all__ = [
     "NewRun",
     "active_run_counts",
+    "create_runs",
     "finish_run",
+    "first_task_start",
     "get_run",
     "insert_runs",
     "record_schedule",
     "runs_by_key",
+    "set_missing_trace_contexts",
     "start_queued_runs",
+    "trace_contexts",
     "trigger_run",
 ]
 
@@ -46,6 +51,7 @@ class NewRun:
     run_type: str
     run_after: datetime | None = None
     conf: Mapping[str, Any] | None = None
+    trace_context: str | None = None  # traceparent of the run's root span, if traced
 
 
 def get_run(conn: Connection, dag_id: str, run_id: str) -> RunRow | None:
@@ -76,11 +82,12 @@ def active_run_counts(conn: Connection, dag_ids: Sequence[str]) -> dict[str, tup
     return counts
 
 
-def insert_runs(
+def create_runs(
     conn: Connection, dag_id: str, runs: Iterable[NewRun], *, created_by: str
-) -> list[int]:
+) -> dict[str, int]:
     """Insert queued runs; a run whose (dag_id, logical_date) or run_id exists is skipped, so
-    two replicas can never create the same run twice. Returns the new primary keys."""
+    two replicas can never create the same run twice. Returns run_id -> primary key of the
+    runs inserted."""
     values = [
         {
             "dag_id": dag_id,
@@ -93,15 +100,26 @@ def insert_runs(
             "run_after": r.run_after,
             "conf": dict(r.conf or {}),
             "created_by": created_by,
+            "trace_context": r.trace_context,
         }
         for r in runs
     ]
     if not values:
-        return []
+        return {}
     result = conn.execute(
-        pg_insert(dag_run).values(values).on_conflict_do_nothing().returning(dag_run.c.id)
+        pg_insert(dag_run)
+        .values(values)
+        .on_conflict_do_nothing()
+        .returning(dag_run.c.run_id, dag_run.c.id)
     )
-    return [int(r[0]) for r in result]
+    return {str(run_id): int(pk) for run_id, pk in result}
+
+
+def insert_runs(
+    conn: Connection, dag_id: str, runs: Iterable[NewRun], *, created_by: str
+) -> list[int]:
+    """create_runs, returning only the new primary keys."""
+    return list(create_runs(conn, dag_id, runs, created_by=created_by).values())
 
 
 def record_schedule(
@@ -207,6 +225,37 @@ def runs_by_key(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple
         )
     ).mappings()
     return {(r["dag_id"], r["run_id"]): to_run_row(r) for r in rows}
+
+
+def trace_contexts(conn: Connection, run_pks: Sequence[int]) -> dict[int, str | None]:
+    """The stored traceparent of each run (None where the run was never traced)."""
+    if not run_pks:
+        return {}
+    rows = conn.execute(
+        sa.select(dag_run.c.id, dag_run.c.trace_context).where(
+            dag_run.c.id.in_(sorted(set(run_pks)))
+        )
+    )
+    return {int(pk): tp for pk, tp in rows}
+
+
+def set_missing_trace_contexts(conn: Connection, values: Mapping[int, str]) -> None:
+    """Give runs created untraced (a manual trigger from a process without tracing) the root
+    span their scheduler opened when it started them; a run already traced keeps its own."""
+    if values:
+        conn.execute(
+            sa.update(dag_run)
+            .where(dag_run.c.id == sa.bindparam("pk"), dag_run.c.trace_context.is_(None))
+            .values(trace_context=sa.bindparam("tp")),
+            [{"pk": pk, "tp": tp} for pk, tp in sorted(values.items())],
+        )
+
+
+def first_task_start(conn: Connection, run_pk: int) -> datetime | None:
+    """When the run's first task instance started (its earliest start_date), if any did."""
+    return conn.execute(
+        sa.select(sa.func.min(task_instance.c.start_date)).where(task_instance.c.run_pk == run_pk)
+    ).scalar()
 
 
 def trigger_run(conn: Connection, dag_id: str, run: NewRun, *, created_by: str) -> int | None:

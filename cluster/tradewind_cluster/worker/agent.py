@@ -240,7 +240,13 @@ class WorkerAgent:
             default_timezone=self.options.default_timezone,
             max_xcom_bytes=self.options.max_xcom_bytes,
             hostname=self.hostname,
-            env=_task_env(dict(os.environ), trace_env),
+            env={
+                **_task_env(dict(os.environ), trace_env),
+                # The attempt's identity, for ledgers and tools inside the task.
+                "TRADEWIND_TI_ID": str(o.ti_id),
+                "TRADEWIND_ATTEMPT_TOKEN": str(o.token),
+                "TRADEWIND_TRY_NUMBER": str(o.try_number),
+            },
             access=SchedulerAccess(
                 addresses=self.link.ordered(),
                 token=sec.token,

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from tradewind.errors import BadInputError, RetryableError
 from tradewind.spec import TaskKind
 from tradewind_cluster.observability.metrics import Metrics
+from tradewind_cluster.observability.tracing import traceparent
 from tradewind_cluster.worker.launch import ChildEvent, ChildResult, Launch, attempt_key
 from tradewind_cluster.worker.logs import attempt_log_path
 from tradewind_cluster.worker.options import WorkerOptions
@@ -278,7 +279,7 @@ class Executor:
             (at - attempt.received_wall) * 1000,
             extra={"event": "attempt_started", "attempt": key},
         )
-        self._submit(started_report(attempt.order.ti_id, attempt.order.token, at))
+        self._submit(_traced(attempt, started_report(attempt.order.ti_id, attempt.order.token, at)))
 
     def _finish(self, key: str, *, status: int | None, spawn_error: str | None = None) -> None:
         with self._lock:
@@ -291,16 +292,15 @@ class Executor:
                 self._recent.popitem(last=False)
             self._idle.notify_all()
         if attempt.report_final:
-            self._submit(
-                final_report(
-                    ti_id=attempt.order.ti_id,
-                    token=attempt.order.token,
-                    result=attempt.result,
-                    status=status,
-                    kill_reason=attempt.kill_reason,
-                    spawn_error=spawn_error,
-                )
+            report = final_report(
+                ti_id=attempt.order.ti_id,
+                token=attempt.order.token,
+                result=attempt.result,
+                status=status,
+                kill_reason=attempt.kill_reason,
+                spawn_error=spawn_error,
             )
+            self._submit(_traced(attempt, report))
         attempt.done.set()
         self._publish()
         self._on_finished(attempt)
@@ -404,6 +404,11 @@ class Executor:
             running = len(self._running)
         self._metrics.gauge("worker.running_tasks", running)
         self._metrics.gauge("worker.open_slots", max(0, self.options.slots - running))
+
+
+def _traced(attempt: Attempt, report: PendingReport) -> PendingReport:
+    """The report with the attempt's trace context, so its scheduler span joins the trace."""
+    return replace(report, traceparent=traceparent(attempt.span)) if attempt.span else report
 
 
 def append_log_line(path: Path, text: str) -> None:

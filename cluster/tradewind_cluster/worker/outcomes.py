@@ -31,6 +31,12 @@ class PendingReport:
     followed: tuple[str, ...] = ()
     has_followed: bool = False
     at_unix: float = 0.0
+    traceparent: str | None = None  # the attempt's task.execute span, sent as gRPC metadata
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The trace context the report carries, so the scheduler's span continues the trace."""
+        return (("traceparent", self.traceparent),) if self.traceparent else ()
 
     @property
     def final(self) -> bool:

@@ -101,7 +101,10 @@ class Reporter:
         """True when the report is settled (accepted, refused or undeliverable for good)."""
         try:
             reply = self._link.call(
-                "ReportAttempt", report.to_proto(self._worker_id), timeout_s=self._timeout_s
+                "ReportAttempt",
+                report.to_proto(self._worker_id),
+                timeout_s=self._timeout_s,
+                metadata=report.metadata,
             )
         except RetryableError as exc:
             self._failures += 1

@@ -107,7 +107,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         order = attempt.order
         parent = extract_context(context.invocation_metadata() or ())
         attempt.span = _tracer.start_span(
-            "execute",
+            "task.execute",
             context=parent,
             kind=trace.SpanKind.SERVER,
             attributes={

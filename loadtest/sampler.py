@@ -1,0 +1,274 @@
+"""Sampling while the load runs: CPU time and peak RSS of every process from /proc, the pool and
+concurrency limits as the store sees them in one consistent snapshot, and the run's progress."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+import sqlalchemy as sa
+
+__all__ = [
+    "LimitPeak",
+    "LimitSample",
+    "ProcessUsage",
+    "Progress",
+    "Sampler",
+    "SamplerResult",
+    "cpu_ticks",
+    "peak_rss_kb",
+]
+
+log = logging.getLogger(__name__)
+_TICK = os.sysconf("SC_CLK_TCK")
+
+# One statement, so every row comes from one snapshot: a limit exceeded here was exceeded in
+# the store, not an artefact of reading two tables at different moments.
+_LIMITS_SQL = sa.text(
+    """
+    SELECT 'pool' AS kind, p.name AS name, p.slots AS lim, coalesce(u.used, 0) AS used
+      FROM pool p LEFT JOIN (
+        SELECT pool, sum(pool_slots) AS used FROM task_instance
+         WHERE state IN ('queued', 'running') GROUP BY pool) u ON u.pool = p.name
+    UNION ALL
+    SELECT 'max_active_tasks', t.dag_id, max(d.max_active_tasks), count(*)
+      FROM task_instance t JOIN dag d ON d.dag_id = t.dag_id
+     WHERE t.state IN ('queued', 'running') GROUP BY t.dag_id
+    UNION ALL
+    SELECT 'max_active_tis_per_dag', t.dag_id || '.' || t.task_id,
+           max(t.max_active_tis_per_dag), count(*)
+      FROM task_instance t
+     WHERE t.state IN ('queued', 'running') AND t.max_active_tis_per_dag IS NOT NULL
+     GROUP BY t.dag_id, t.task_id
+    UNION ALL
+    SELECT 'max_active_runs', r.dag_id, max(d.max_active_runs), count(*)
+      FROM dag_run r JOIN dag d ON d.dag_id = r.dag_id
+     WHERE r.state = 'running' GROUP BY r.dag_id
+    UNION ALL
+    SELECT 'parallelism', 'cluster', :parallelism, count(*)
+      FROM task_instance WHERE state IN ('queued', 'running')
+    UNION ALL
+    SELECT 'worker_slots', w.name, w.slots, w.running FROM worker w WHERE w.state = 'alive'
+    """
+)
+_PROGRESS_SQL = sa.text(
+    "SELECT count(*) FILTER (WHERE state IN "
+    "('success', 'failed', 'skipped', 'upstream_failed', 'removed')), count(*), "
+    "(SELECT count(*) FROM dag_run WHERE state IN ('queued', 'running')), "
+    "(SELECT count(*) FROM dag_run WHERE state = 'running') FROM task_instance"
+)
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """utime + stime + cutime + cstime of one process from /proc/<pid>/stat (clock ticks)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    # the command name may hold spaces and parentheses: fields start after the last ')'
+    rest = text[text.rindex(")") + 2 :].split()
+    return sum(int(v) for v in rest[11:15])
+
+
+def peak_rss_kb(pid: int) -> int | None:
+    """VmHWM (peak resident set) of one process, in kB."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _tree_ticks(pid: int) -> int | None:
+    """A process and its live descendants; reaped ones are in their parents' cutime/cstime."""
+    own = cpu_ticks(pid)
+    if own is None:
+        return None
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        children = []
+    return own + sum(cpu_ticks(c.pid) or 0 for c in children)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessUsage:
+    """CPU seconds (with children) and peak RSS of one measured process."""
+
+    role: str
+    name: str
+    pid: int
+    cpu_s: float
+    peak_rss_mb: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitSample:
+    """One limit as one sample saw it."""
+
+    at: float
+    kind: str
+    name: str
+    limit: int
+    used: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitPeak:
+    """The highest usage seen of one limit."""
+
+    kind: str
+    name: str
+    limit: int
+    peak: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Progress:
+    """Task instances finished and created, and runs not finished, as of `at`."""
+
+    at: float
+    finished: int
+    total: int
+    runs_open: int = 0  # queued or running
+    runs_running: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SamplerResult:
+    """What the sampler saw over the whole run."""
+
+    usage: tuple[ProcessUsage, ...]
+    peaks: tuple[LimitPeak, ...]
+    violations: tuple[LimitSample, ...]
+    samples: int
+    statements: int  # the sampler's own statements since the baseline, left out of per-TI counts
+
+
+class Sampler:
+    """A background thread sampling every `interval_s` until `stop()`."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        processes: Callable[[], list[tuple[str, str, int]]],
+        *,
+        parallelism: int,
+        interval_s: float = 0.2,
+    ) -> None:
+        self._engine = engine
+        self._processes = processes
+        self._parallelism = parallelism
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # process samples come from the thread and from stop()
+        self._ticks: dict[tuple[str, str, int], int] = {}
+        self._rss: dict[tuple[str, str, int], int] = {}
+        self._peaks: dict[tuple[str, str], LimitPeak] = {}
+        self._violations: list[LimitSample] = []
+        self._samples = 0
+        self._statements = 0
+        self._base_ticks: dict[tuple[str, str, int], int] = {}
+        self._base_statements = 0
+        self.progress = Progress(at=time.time(), finished=0, total=0)
+        self.errors = 0
+        self._thread = threading.Thread(target=self._run, name="loadtest-sampler", daemon=True)
+
+    def start(self) -> Sampler:
+        """Start sampling."""
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        with self._engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            while not self._stop.is_set():
+                self.sample_processes()
+                try:
+                    self._sample_store(conn)
+                except Exception as exc:  # noqa: BLE001 - a lost sample must not end sampling
+                    self.errors += 1
+                    log.debug("sample failed: %s", exc)
+                    with contextlib.suppress(sa.exc.DBAPIError):
+                        conn.rollback()
+                self._stop.wait(self._interval)
+
+    def sample_processes(self) -> None:
+        """Read CPU and peak RSS of every measured process (also called once at the end)."""
+        for key in self._processes():
+            _role, _name, pid = key
+            ticks = _tree_ticks(pid)
+            if ticks is not None:
+                self._ticks[key] = max(ticks, self._ticks.get(key, 0))
+            rss = peak_rss_kb(pid)
+            if rss is not None:
+                self._rss[key] = max(rss, self._rss.get(key, 0))
+
+    def _sample_store(self, conn: sa.Connection) -> None:
+        at = time.time()
+        rows = conn.execute(_LIMITS_SQL, {"parallelism": self._parallelism}).all()
+        finished, total, runs_open, running = conn.execute(_PROGRESS_SQL).one()
+        self._statements += 2
+        self._samples += 1
+        self.progress = Progress(
+            at=at,
+            finished=int(finished),
+            total=int(total),
+            runs_open=int(runs_open),
+            runs_running=int(running),
+        )
+        for kind, name, limit, used in rows:
+            if limit is None:
+                continue
+            key = (str(kind), str(name))
+            peak = self._peaks.get(key)
+            if peak is None or int(used) > peak.peak:
+                self._peaks[key] = LimitPeak(
+                    kind=key[0], name=key[1], limit=int(limit), peak=int(used)
+                )
+            if int(used) > int(limit):
+                self._violations.append(
+                    LimitSample(at=at, kind=key[0], name=key[1], limit=int(limit), used=int(used))
+                )
+
+    def mark_baseline(self) -> None:
+        """Count CPU and statements from now on (start-up and parsing are left out)."""
+        self.sample_processes()
+        with self._lock:
+            self._base_ticks = dict(self._ticks)
+            self._base_statements = self._statements
+
+    def stop(self) -> SamplerResult:
+        """Stop the thread, take a last process sample, and return everything seen."""
+        self._stop.set()
+        self._thread.join(10)
+        self.sample_processes()
+        usage = tuple(
+            ProcessUsage(
+                role=role,
+                name=name,
+                pid=pid,
+                cpu_s=(ticks - self._base_ticks.get((role, name, pid), 0)) / _TICK,
+                peak_rss_mb=(self._rss[(role, name, pid)] / 1024)
+                if (role, name, pid) in self._rss
+                else None,
+            )
+            for (role, name, pid), ticks in sorted(self._ticks.items())
+        )
+        return SamplerResult(
+            usage=usage,
+            peaks=tuple(sorted(self._peaks.values(), key=lambda p: (p.kind, p.name))),
+            violations=tuple(self._violations),
+            samples=self._samples,
+            statements=self._statements - self._base_statements,
+        )
