@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from tradewind.errors import SchemaError
 from tradewind_cluster.store.database import Database, is_transient
 
 pytestmark = pytest.mark.store
@@ -37,7 +38,8 @@ def test_non_transient_errors_are_not_retried(database: Database) -> None:
         calls.append(1)
         conn.execute(sa.text("SELECT * FROM no_such_table"))
 
-    with pytest.raises(sa.exc.ProgrammingError) as info:
+    with pytest.raises(SchemaError, match="run `tradewind db upgrade`") as info:
         database.transaction(work)
-    assert not is_transient(info.value)
+    assert isinstance(info.value.__cause__, sa.exc.ProgrammingError)
+    assert not is_transient(info.value.__cause__)
     assert calls == [1]
