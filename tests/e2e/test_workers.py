@@ -281,3 +281,49 @@ def test_clearing_a_running_task_kills_it_on_the_worker(cluster: Cluster) -> Non
     wait_until(
         lambda: "no longer wanted" in w.log() or "unwanted" in w.log(), 5, "the kill to be logged"
     )
+
+
+def test_database_outage_keeps_running_tasks_and_loses_nothing(
+    cluster: Cluster, pg_admin_url: str
+) -> None:
+    """DESIGN §5: during an outage longer than the worker lease and the zombie threshold, running
+    tasks keep running, and their reports land when the store is back."""
+    ledger = cluster.dir / "ledger.jsonl"
+    add_dag(cluster, "outage", LEDGER_TASK.format(ledger=str(ledger), dag_id="outage", seconds=10))
+    s = start_scheduler(cluster.env, cluster.dir, "s1")
+    cluster.procs.append(s)
+    cluster.procs.append(
+        start_worker(cluster.env, cluster.dir, "w1", f"127.0.0.1:{s.ports['grpc']}")
+    )
+    cluster.trigger("outage")
+    wait_until(lambda: ledger_entries(ledger), 60, "the task to start")
+    name = sa.engine.make_url(cluster.db_url).database
+    admin = sa.create_engine(pg_admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            conn.execute(
+                sa.text(
+                    f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+                )
+            )
+        import time
+
+        time.sleep(
+            6
+        )  # the outage itself: longer than the lease (2 s) and the zombie threshold (4 s)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+    wait_until(
+        lambda: cluster.run_state("outage") in ("success", "failed"), 60, "the run to finish"
+    )
+    assert cluster.run_state("outage") == "success", cluster.sql(
+        "SELECT state, error FROM task_attempt"
+    )
+    entries = ledger_entries(ledger)
+    assert [e["try"] for e in entries] == [1, 1], (
+        entries
+    )  # one try, started and ended: never killed
+    assert cluster.sql("SELECT try_number, state FROM task_attempt") == [(1, "success")]

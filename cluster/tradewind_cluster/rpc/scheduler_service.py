@@ -193,15 +193,27 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     ) -> scheduler_pb2.WorkerHeartbeatReply:
         """Refresh the worker and its attempts; unknown (or lost) workers must register."""
         worker_id = _required(request.worker_id, "worker_id")
-        known = self.db.transaction(
-            lambda c: workers.heartbeat_worker(
-                c, worker_id, running=len(request.running), draining=request.draining
+        try:
+            known = self.db.transaction(
+                lambda c: workers.heartbeat_worker(
+                    c, worker_id, running=len(request.running), draining=request.draining
+                ),
+                attempts=2,
             )
-        )
-        if not known:
-            return scheduler_pb2.WorkerHeartbeatReply(known=False)
-        refs = [(r.ti_id, r.token) for r in request.running]
-        unwanted = self.reports.heartbeat(refs) if refs else []
+            if not known:
+                return scheduler_pb2.WorkerHeartbeatReply(known=False)
+            refs = [(r.ti_id, r.token) for r in request.running]
+            unwanted = self.reports.heartbeat(refs) if refs else []
+        except StoreUnavailableError:
+            # The store is down: nobody can declare these attempts zombies or unwanted until it
+            # is back (and reapers wait a zombie threshold after that), so the worker keeps its
+            # lease and its running tasks, as DESIGN §5 asks of a database outage.
+            log.warning(
+                "store unavailable: renewing worker %s blindly",
+                worker_id,
+                extra={"event": "heartbeat_store_down"},
+            )
+            return scheduler_pb2.WorkerHeartbeatReply(known=True)
         return scheduler_pb2.WorkerHeartbeatReply(known=True, unwanted=_pb_refs(unwanted))
 
     # -- attempt reports ----------------------------------------------------------------

@@ -63,9 +63,17 @@ class _Every:
 class Housekeeper:
     """Runs the sweeps whose interval has passed (all of them with force=True, in tests)."""
 
-    def __init__(self, ctx: SchedulerContext, watch_peers: Callable[[], list[str]] = list) -> None:
+    def __init__(
+        self,
+        ctx: SchedulerContext,
+        watch_peers: Callable[[], list[str]] = list,
+        store_ok_for: Callable[[], float] = lambda: float("inf"),
+    ) -> None:
         self.ctx = ctx
         self._watch_peers = watch_peers
+        # Seconds this replica's own store access has worked without a gap. Heartbeats could
+        # not be recorded during an outage: zombie and lost-worker verdicts wait a threshold.
+        self._store_ok_for = store_ok_for
         opts = ctx.options
         self._peers = _Every(0.5)
         self._orphans = _Every(opts.orphan_check_interval_s)
@@ -84,10 +92,12 @@ class Housekeeper:
             requeued, adopted, stuck = self.ctx.db.transaction(
                 lambda c: self._orphans_and_stuck(c, now)
             )
-            lost = self.ctx.db.transaction(lambda c: self._lost_workers(c, now))
+            if self._settled(self.ctx.options.worker_lost_after_s):
+                lost = self.ctx.db.transaction(lambda c: self._lost_workers(c, now))
+        threshold_s = self.ctx.options.zombie_threshold.total_seconds()
         zombies = (
             self.ctx.db.transaction(lambda c: self._reap(c, now))
-            if self._zombies.due(force)
+            if self._zombies.due(force) and self._settled(threshold_s)
             else ()
         )
         touched = [r.run_pk for r in (*zombies, *stuck) if r.run_pk is not None]
@@ -114,6 +124,10 @@ class Housekeeper:
             m.gauge("pool.queued_slots", p.queued, pool=p.pool)
             m.gauge("pool.running_slots", p.running, pool=p.pool)
             m.gauge("pool.scheduled_slots", p.scheduled, pool=p.pool)
+
+    def _settled(self, seconds: float) -> bool:
+        """True once this replica's store access has worked for `seconds` without a gap."""
+        return self._store_ok_for() >= seconds
 
     def _orphans_and_stuck(
         self, conn: Connection, now: datetime

@@ -80,13 +80,14 @@ class SchedulerLoop:
         *,
         parse_once: Callable[[], Any] | None = None,
         watch_peers: Callable[[], list[str]] = list,
+        store_ok_for: Callable[[], float] = lambda: float("inf"),
     ) -> None:
         self.ctx = ctx
         self.creator = RunCreator(ctx)
         self.examiner = RunExaminer(ctx)
         self.queuer = Queuer(ctx, queue_open=dispatcher.queue_open)
         self.dispatch = DispatchStep(ctx, dispatcher)
-        self.housekeeper = Housekeeper(ctx, watch_peers=watch_peers)
+        self.housekeeper = Housekeeper(ctx, watch_peers=watch_peers, store_ok_for=store_ok_for)
         self._parse_once = parse_once
         self.waker = Waker()
         self.progress_at: float | None = None  # wall time of the last completed iteration

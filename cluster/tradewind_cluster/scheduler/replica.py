@@ -100,7 +100,12 @@ class SchedulerReplica:
         self.reports = ReportHandler(self.ctx)
         self.xcom_backend = load_xcom_backend(settings.core.xcom_backend)  # ConfigError at start-up
         self.dispatcher = (dispatcher or self._default_dispatcher)(self.reports)
-        self.loop = SchedulerLoop(self.ctx, self.dispatcher, watch_peers=self._watch_peers)
+        self.loop = SchedulerLoop(
+            self.ctx,
+            self.dispatcher,
+            watch_peers=self._watch_peers,
+            store_ok_for=self._store_ok_for,
+        )
         self.reports.on_change = self.loop.waker.wake
         self._parse_once = self._make_parser() if parse else None
         self._on_declared_dead = on_declared_dead
@@ -299,6 +304,11 @@ class SchedulerReplica:
             or time.monotonic() - last > self.settings.scheduler.heartbeat_interval_s * 3
         ):
             m.beat_once()
+
+    def _store_ok_for(self) -> float:
+        """Seconds our heartbeats have succeeded without a gap (0 while the store is down)."""
+        since = self.membership.store_ok_since if self.membership is not None else None
+        return 0.0 if since is None else time.monotonic() - since
 
     def _watch_peers(self) -> list[str]:
         return self.membership.watch_peers_once() if self.membership is not None else []

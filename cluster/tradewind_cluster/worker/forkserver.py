@@ -365,6 +365,8 @@ class ForkServer:
             proc.wait(5)
         if self._reader is not None:
             self._reader.join(timeout_s)
+        if proc.stdout is not None and (self._reader is None or not self._reader.is_alive()):
+            proc.stdout.close()  # an agent run in process (tests) must not leak the pipe
 
     def _write(self, message: dict[str, Any]) -> None:
         proc = self._proc
