@@ -9,14 +9,17 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from tradewind.scheduling.retries import AttemptOutcome, OutcomeDecision, decide_outcome
+from tradewind.spec import TaskKind, TaskSpec
 from tradewind.states import TaskInstanceState
 from tradewind_cluster.scheduler.context import SchedulerContext
 from tradewind_cluster.store import attempts as store_attempts
 from tradewind_cluster.store.attempts import AttemptStart, ReportResult
 from tradewind_cluster.store.database import Connection
-from tradewind_cluster.store.notify import notify
 
 __all__ = ["ReportHandler"]
+
+# success and skipped outcomes do not depend on the task's definition
+_PLACEHOLDER = TaskSpec(task_id="-", operator="-", kind=TaskKind.CALLABLE)
 
 log = logging.getLogger(__name__)
 _FAILED = frozenset({TaskInstanceState.FAILED, TaskInstanceState.UP_FOR_RETRY})
@@ -69,8 +72,9 @@ class ReportHandler:
                 error=error,
                 followed=followed,
             )
-            if result.accepted:
-                notify(conn, "examine")
+            # No NOTIFY: waking every replica for each finished task makes all of them run an
+            # iteration for work one will do. This replica wakes its own loop (on_change);
+            # should it die first, examine_after=now is due and any replica's idle wait ends.
             return result
 
         result = self.ctx.db.transaction(apply)
@@ -94,12 +98,14 @@ class ReportHandler:
         self, conn: Connection, outcome: AttemptOutcome, now: datetime
     ) -> Callable[[AttemptStart], OutcomeDecision]:
         def decide(start: AttemptStart) -> OutcomeDecision:
-            spec = self.ctx.specs.get_many(conn, [start.dag_id]).get(start.dag_id)
-            task = spec.tasks.get(start.task_id) if spec else None
-            if task is None:  # the task left the DAG while running: no retry to honour
-                from tradewind.spec import TaskKind, TaskSpec
-
-                task = TaskSpec(task_id=start.task_id, operator="?", kind=TaskKind.CALLABLE)
+            task = _PLACEHOLDER
+            if outcome is AttemptOutcome.FAILED:  # only a failure needs the task's retry policy
+                spec = self.ctx.specs.get_many(conn, [start.dag_id]).get(start.dag_id)
+                found = spec.tasks.get(start.task_id) if spec else None
+                # a task that left the DAG while running has no retry policy to honour
+                task = found or TaskSpec(
+                    task_id=start.task_id, operator="?", kind=TaskKind.CALLABLE
+                )
             return decide_outcome(
                 task, outcome, start.try_number, start.max_tries, now, self.ctx.rng.random
             )

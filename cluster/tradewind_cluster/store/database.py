@@ -106,7 +106,8 @@ class Database:
         opts = self.options
         self.engine: Engine = sa.create_engine(
             url,
-            pool_pre_ping=True,
+            # No pre-ping (a round trip per checkout): a dead pooled connection fails its
+            # transaction, which is retried as a whole on a fresh one (is_transient).
             pool_size=opts.pool_size,
             max_overflow=opts.max_overflow,
             pool_recycle=opts.pool_recycle_s,

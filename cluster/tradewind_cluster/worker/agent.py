@@ -50,6 +50,9 @@ class WorkerPorts:
     metrics: int | None
 
 
+_REPORT_SENDERS = 4  # reports of different attempts go out in parallel
+
+
 def _task_env(environ: dict[str, str], trace_env: dict[str, str]) -> dict[str, str]:
     # Configuration (and its secrets) stays with the agent; the trace context goes along.
     env = {
@@ -141,7 +144,8 @@ class WorkerAgent:
         self.health_sync = HealthSync(self.health, self.rpc_server.set_serving).start()
         self._spawn("worker-heartbeat", lambda: self.heartbeats.run(self._halt))
         self._spawn("worker-monitor", self._monitor_loop)
-        self._spawn("worker-reporter", self.reporter.run)
+        for i in range(_REPORT_SENDERS):
+            self._spawn(f"worker-reporter-{i}", self.reporter.run)
         self._spawn(
             "worker-logs", lambda: self.shipper.run(self._halt, self.options.log_ship_interval_s)
         )

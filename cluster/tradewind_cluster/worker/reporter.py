@@ -1,10 +1,13 @@
-"""The outbox of attempt reports: sent in order from one thread, each retried with jittered,
-capped backoff (across schedulers) until a scheduler answers. A refusal (stale token, unknown
-attempt) is final: the caller hears of it and kills the attempt if it still runs."""
+"""The outbox of attempt reports, each retried with jittered, capped backoff (across
+schedulers) until a scheduler answers. Reports of one attempt go in order, one at a time;
+reports of different attempts go in parallel from several sender threads, so one slow answer
+does not hold every other attempt's slot. A refusal (stale token, unknown attempt) is final:
+the caller hears of it and kills the attempt if it still runs."""
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import random
 import threading
@@ -45,6 +48,7 @@ class Reporter:
         self._cond = threading.Condition()
         self._closed = False
         self._failures = 0
+        self._in_flight: set[tuple[int, int]] = set()  # attempts with a report being sent
 
     def submit(self, report: PendingReport) -> None:
         """Queue a report behind those already waiting."""
@@ -64,22 +68,35 @@ class Reporter:
             self._cond.notify_all()
 
     def run(self) -> None:
-        """Send reports until closed."""
+        """Send reports until closed (several threads may run this at once)."""
         while True:
             with self._cond:
-                while not self._queue and not self._closed:
+                report = self._next_sendable()
+                while report is None and not self._closed:
                     self._cond.wait()
-                if self._closed:
+                    report = self._next_sendable()
+                if self._closed or report is None:
                     return
-                report = self._queue[0]
-            if self._send(report):
-                with self._cond:
-                    if self._queue and self._queue[0] is report:
-                        self._queue.popleft()
-                    self._cond.notify_all()
-            else:
-                with self._cond:
+                self._in_flight.add((report.ti_id, report.token))
+            settled = self._send(report)
+            with self._cond:
+                self._in_flight.discard((report.ti_id, report.token))
+                if settled:
+                    with contextlib.suppress(ValueError):
+                        self._queue.remove(report)
+                self._cond.notify_all()
+                if not settled:
                     self._cond.wait(self._backoff())
+
+    def _next_sendable(self) -> PendingReport | None:
+        """The oldest report whose attempt has nothing in flight (keeps per-attempt order)."""
+        blocked: set[tuple[int, int]] = set(self._in_flight)
+        for report in self._queue:
+            key = (report.ti_id, report.token)
+            if key not in blocked:
+                return report
+            blocked.add(key)  # a later report of the same attempt waits for this one
+        return None
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until every queued report was answered (True) or the time is up (False)."""
