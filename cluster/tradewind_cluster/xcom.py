@@ -60,11 +60,13 @@ class BaseXComBackend:
     def serialize_value(
         self, value: Any, *, key: str, dag_id: str, run_id: str, task_id: str
     ) -> str:
-        """Turn a pushed value into the string the store keeps (on the worker)."""
+        """Turn a pushed value into the string the store keeps (called by the scheduler service
+        for each push a worker makes; the worker sends the value as JSON)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement serialize_value")
 
     def deserialize_value(self, xcom: XComLike) -> Any:
-        """Turn a stored XCom back into the value a task pulls (on the worker)."""
+        """Turn a stored XCom back into the value a task pulls (called by the scheduler service;
+        the worker receives it as JSON)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement deserialize_value")
 
     def orm_deserialize_value(self, xcom: XComLike) -> Any:

@@ -9,6 +9,7 @@ A malformed request is refused with INVALID_ARGUMENT, an unreachable store with 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from tradewind_cluster.store import xcom as store_xcom
 from tradewind_cluster.store.attempts import ReportResult
 from tradewind_cluster.store.database import Connection
 from tradewind_cluster.store.workers import AttemptScope
-from tradewind_cluster.xcom import BaseXComBackend, DatabaseXComBackend
+from tradewind_cluster.xcom import BaseXComBackend, DatabaseXComBackend, XComRecord
 from tradewind_proto.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 __all__ = ["SchedulerService", "SchedulerServiceOptions"]
@@ -315,13 +316,14 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     ) -> scheduler_pb2.XComPushReply:
         """Store an XCom for the attempt's task instance, only while it runs under its token."""
         ti_id, token = _ref(request.attempt, request.HasField("attempt"))
+        stored = self._serialize(ti_id, token, request.key, request.value)
         result = self.db.transaction(
             lambda c: store_xcom.push_xcom(
                 c,
                 ti_id,
                 token,
                 key=request.key,
-                value=request.value,
+                value=stored,
                 max_bytes=self.options.max_xcom_bytes,
             )
         )
@@ -356,7 +358,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             found = (
                 []
                 if row is None
-                else [_pb.XComValue(task_id=row.task_id, found=True, value=row.value)]
+                else [_pb.XComValue(task_id=row.task_id, found=True, value=self._wire(row))]
             )
             return scheduler_pb2.XComPullReply(values=found)
         rows = self.db.read(
@@ -372,7 +374,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         values: list[scheduler_pb2.XComValue] = []
         for task_id in dict.fromkeys(task_ids):
             mine = [r for r in rows if r.task_id == task_id]
-            values.extend(_pb.XComValue(task_id=task_id, found=True, value=r.value) for r in mine)
+            values.extend(
+                _pb.XComValue(task_id=task_id, found=True, value=self._wire(r)) for r in mine
+            )
             if not mine:
                 values.append(_pb.XComValue(task_id=task_id, found=False))
         return scheduler_pb2.XComPullReply(values=values)
@@ -417,6 +421,35 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     # -- helpers ------------------------------------------------------------------------
     def _scope(self, ti_id: int, token: int) -> AttemptScope | None:
         return self.db.read(lambda c: workers.attempt_scope(c, ti_id, token))
+
+    def _serialize(self, ti_id: int, token: int, key: str, wire: str) -> str:
+        """The worker sends JSON; the configured backend decides what the store keeps (JSON
+        itself, or a reference to where it put the value). A push the store will refuse
+        anyway (stale token, not running, too large) is passed through for its refusal."""
+        scope = self._scope(ti_id, token)
+        if (
+            scope is None
+            or not scope.is_current
+            or scope.ti_state != "running"
+            or len(wire.encode()) > self.options.max_xcom_bytes
+        ):
+            return wire
+        try:
+            value = json.loads(wire)
+        except ValueError:
+            raise _RefusedError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"XCom {key!r} is not JSON"
+            ) from None
+        return self.xcom_backend.serialize_value(
+            value, key=key, dag_id=scope.dag_id, run_id=scope.run_id, task_id=scope.task_id
+        )
+
+    def _wire(self, row: store_xcom.XComRow) -> str:
+        """What the worker receives: the backend's value, as JSON."""
+        record = XComRecord(
+            dag_id=row.dag_id, run_id=row.run_id, task_id=row.task_id, key=row.key, value=row.value
+        )
+        return json.dumps(self.xcom_backend.deserialize_value(record))
 
     def _readable_scope(self, ref: common_pb2.AttemptRef, present: bool) -> AttemptScope:
         ti_id, token = _ref(ref, present)

@@ -48,6 +48,7 @@ class DatabaseOptions:
     retry_max_attempts: int = 10
     retry_max_wait_s: float = 5.0
     application_name: str = "tradewind"
+    pool_pre_ping: bool = True
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -106,8 +107,7 @@ class Database:
         opts = self.options
         self.engine: Engine = sa.create_engine(
             url,
-            # No pre-ping (a round trip per checkout): a dead pooled connection fails its
-            # transaction, which is retried as a whole on a fresh one (is_transient).
+            pool_pre_ping=opts.pool_pre_ping,
             pool_size=opts.pool_size,
             max_overflow=opts.max_overflow,
             pool_recycle=opts.pool_recycle_s,
