@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 
 from tradewind.scheduling.retries import AttemptOutcome, OutcomeDecision
 from tradewind.states import TaskInstanceState
-from tradewind_cluster.store.schema import dag_run, task_attempt, task_instance
+from tradewind_cluster.store.schema import dag_run, task_instance
 
 __all__ = [
     "AttemptStart",
@@ -25,6 +25,7 @@ __all__ = [
     "record_finish",
     "record_start",
     "requeue_attempt",
+    "update_attempt",
 ]
 
 ti = task_instance
@@ -56,6 +57,11 @@ class AttemptStart:
     start_date: datetime | None = None  # when this try started running
 
 
+def update_attempt(conn: Connection, ti_id: int, token: int, **values: object) -> None:
+    """Update the attempt row of (ti_id, token): its history, never a fencing decision."""
+    update_attempt(conn, ti_id, token, **values)
+
+
 def _refusal(conn: Connection, ti_id: int, token: int) -> ReportResult:
     row = conn.execute(sa.select(ti.c.state, ti.c.token).where(ti.c.id == ti_id)).first()
     if row is None:
@@ -85,10 +91,8 @@ def mark_dispatched(
         .where(ti.c.id == ti_id, ti.c.token == token, ti.c.state == "queued")
         .values(worker=worker_id)
     )
-    conn.execute(
-        sa.update(task_attempt)
-        .where(task_attempt.c.ti_id == ti_id, task_attempt.c.token == token)
-        .values(worker=worker_id, dispatched_at=now, trace_context=trace_context)
+    update_attempt(
+        conn, ti_id, token, worker=worker_id, dispatched_at=now, trace_context=trace_context
     )
     return result.rowcount == 1
 
@@ -103,11 +107,7 @@ def requeue_attempt(
         .where(ti.c.id == ti_id, ti.c.token == token, ti.c.state == "queued")
         .values(state="scheduled", worker=None, queued_by=None, reason=reason, updated_at=now)
     )
-    conn.execute(
-        sa.update(task_attempt)
-        .where(task_attempt.c.ti_id == ti_id, task_attempt.c.token == token)
-        .values(state="requeued", end_date=now, error=reason)
-    )
+    update_attempt(conn, ti_id, token, state="requeued", end_date=now, error=reason)
     return result.rowcount == 1
 
 
@@ -140,11 +140,7 @@ def record_start(
     ).first()
     if row is None:
         return _refusal(conn, ti_id, token), None
-    conn.execute(
-        sa.update(task_attempt)
-        .where(task_attempt.c.ti_id == ti_id, task_attempt.c.token == token)
-        .values(state="running", start_date=now, worker=worker_id)
-    )
+    update_attempt(conn, ti_id, token, state="running", start_date=now, worker=worker_id)
     start = AttemptStart(
         dag_id=row.dag_id,
         task_id=row.task_id,
@@ -214,10 +210,8 @@ def record_finish(
     ).first()
     if row is None:  # pragma: no cover - the row is locked above
         return _refusal(conn, ti_id, token)
-    conn.execute(
-        sa.update(task_attempt)
-        .where(task_attempt.c.ti_id == ti_id, task_attempt.c.token == token)
-        .values(state=outcome.value, end_date=now, exit_code=exit_code, error=error)
+    update_attempt(
+        conn, ti_id, token, state=outcome.value, end_date=now, exit_code=exit_code, error=error
     )
     conn.execute(
         sa.update(dag_run)

@@ -13,7 +13,8 @@ from sqlalchemy.engine import Connection
 
 from tradewind.scheduling.retries import FailureDecision
 from tradewind.states import TaskInstanceState
-from tradewind_cluster.store.schema import dag_run, scheduler_member, task_attempt, task_instance
+from tradewind_cluster.store.attempts import update_attempt
+from tradewind_cluster.store.schema import dag_run, scheduler_member, task_instance
 
 __all__ = ["Reaped", "adopt_orphans", "reap_zombies", "requeue_stuck_queued", "touch_runs"]
 
@@ -95,11 +96,7 @@ def reap_zombies(
                 reason=reason,
             )
         )
-        conn.execute(
-            sa.update(task_attempt)
-            .where(task_attempt.c.ti_id == r.id, task_attempt.c.token == r.token)
-            .values(state="zombie", end_date=now, error=reason)
-        )
+        update_attempt(conn, r.id, r.token, state="zombie", end_date=now, error=reason)
         reaped.append(
             Reaped(
                 ti_id=r.id,
@@ -145,11 +142,7 @@ def adopt_orphans(
             .where(ti.c.id == r.id, ti.c.token == r.token, ti.c.state == "queued")
             .values(state="scheduled", worker=None, queued_by=None, reason=reason, updated_at=now)
         )
-        conn.execute(
-            sa.update(task_attempt)
-            .where(task_attempt.c.ti_id == r.id, task_attempt.c.token == r.token)
-            .values(state="requeued", end_date=now, error=reason)
-        )
+        update_attempt(conn, r.id, r.token, state="requeued", end_date=now, error=reason)
         requeued.append(
             Reaped(
                 ti_id=r.id,
@@ -207,11 +200,7 @@ def requeue_stuck_queued(
             .where(ti.c.id == r.id, ti.c.token == r.token, ti.c.state == "queued")
             .values(**values)
         )
-        conn.execute(
-            sa.update(task_attempt)
-            .where(task_attempt.c.ti_id == r.id, task_attempt.c.token == r.token)
-            .values(state="queued_timeout", end_date=now, error=reason)
-        )
+        update_attempt(conn, r.id, r.token, state="queued_timeout", end_date=now, error=reason)
         out.append(
             Reaped(
                 ti_id=r.id,
