@@ -59,7 +59,11 @@ class AttemptStart:
 
 def update_attempt(conn: Connection, ti_id: int, token: int, **values: object) -> None:
     """Update the attempt row of (ti_id, token): its history, never a fencing decision."""
-    update_attempt(conn, ti_id, token, **values)
+    conn.execute(
+        sa.update(task_attempt)
+        .where(task_attempt.c.ti_id == ti_id, task_attempt.c.token == token)
+        .values(**values)
+    )
 
 
 def _refusal(conn: Connection, ti_id: int, token: int) -> ReportResult:
