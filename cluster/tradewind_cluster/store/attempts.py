@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 
 from tradewind.scheduling.retries import AttemptOutcome, OutcomeDecision
 from tradewind.states import TaskInstanceState
-from tradewind_cluster.store.schema import dag_run, task_instance
+from tradewind_cluster.store.schema import dag_run, task_attempt, task_instance
 
 __all__ = [
     "AttemptStart",
