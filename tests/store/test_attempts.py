@@ -140,3 +140,30 @@ def test_heartbeat_names_the_attempts_no_longer_wanted(database: Database) -> No
     row = database.read(lambda c: get_ti(c, q.ti_id))
     assert row is not None
     assert row.heartbeat_at == later
+
+
+def test_dispatch_marks_in_one_batch_only_attempts_still_queued_under_their_token(
+    database: Database,
+) -> None:
+    from tradewind_cluster.store.attempts import Dispatched, mark_dispatched_many
+
+    q = queued_attempt(database)
+    moved = database.transaction(
+        lambda c: mark_dispatched_many(
+            c,
+            [
+                Dispatched(ti_id=q.ti_id, token=q.token, worker_id="w1", trace_context="00-ab"),
+                Dispatched(ti_id=q.ti_id, token=q.token + 5, worker_id="w2"),
+            ],
+            now=NOW,
+        )
+    )
+    assert moved == 1
+    row = database.read(lambda c: get_ti(c, q.ti_id))
+    assert row is not None
+    assert row.worker == "w1"
+    with database.engine.connect() as conn:
+        attempt = conn.execute(
+            sa.text("SELECT worker, dispatched_at, trace_context FROM task_attempt")
+        ).one()
+    assert tuple(attempt) == ("w1", NOW, "00-ab")

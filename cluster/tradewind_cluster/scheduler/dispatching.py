@@ -125,16 +125,16 @@ class DispatchStep:
         return out
 
     def _apply(self, conn: Connection, results: Sequence[DispatchResult], now: datetime) -> None:
+        accepted = [
+            store_attempts.Dispatched(
+                ti_id=r.ti_id, token=r.token, worker_id=r.worker_id, trace_context=r.trace_context
+            )
+            for r in results
+            if r.worker_id is not None
+        ]
+        store_attempts.mark_dispatched_many(conn, accepted, now=now)
         for r in results:
             if r.worker_id is not None:
-                store_attempts.mark_dispatched(
-                    conn,
-                    r.ti_id,
-                    r.token,
-                    worker_id=r.worker_id,
-                    now=now,
-                    trace_context=r.trace_context,
-                )
                 continue
             reason = f"dispatch failed: {r.error or 'no worker accepted it'}"
             store_attempts.requeue_attempt(conn, r.ti_id, r.token, reason=reason, now=now)

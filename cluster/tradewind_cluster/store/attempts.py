@@ -19,9 +19,11 @@ from tradewind_cluster.store.schema import dag_run, task_attempt, task_instance
 
 __all__ = [
     "AttemptStart",
+    "Dispatched",
     "ReportResult",
     "heartbeat_attempts",
     "mark_dispatched",
+    "mark_dispatched_many",
     "record_finish",
     "record_start",
     "requeue_attempt",
@@ -99,6 +101,42 @@ def mark_dispatched(
         conn, ti_id, token, worker=worker_id, dispatched_at=now, trace_context=trace_context
     )
     return result.rowcount == 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dispatched:
+    """One attempt a worker accepted."""
+
+    ti_id: int
+    token: int
+    worker_id: str
+    trace_context: str | None = None
+
+
+def mark_dispatched_many(conn: Connection, accepted: Sequence[Dispatched], *, now: datetime) -> int:
+    """mark_dispatched for many attempts in two set-based statements (the hot path: one per
+    dispatch batch, not one per attempt). Returns how many were still queued under the token."""
+    if not accepted:
+        return 0
+    rows = [(a.ti_id, a.token, a.worker_id, a.trace_context) for a in accepted]
+    values = sa.values(
+        sa.column("ti_id", sa.BigInteger),
+        sa.column("token", sa.BigInteger),
+        sa.column("worker", sa.Text),
+        sa.column("trace", sa.Text),
+        name="accepted",
+    ).data(rows)
+    moved = conn.execute(
+        sa.update(ti)
+        .where(ti.c.id == values.c.ti_id, ti.c.token == values.c.token, ti.c.state == "queued")
+        .values(worker=values.c.worker)
+    ).rowcount
+    conn.execute(
+        sa.update(task_attempt)
+        .where(task_attempt.c.ti_id == values.c.ti_id, task_attempt.c.token == values.c.token)
+        .values(worker=values.c.worker, dispatched_at=now, trace_context=values.c.trace)
+    )
+    return int(moved)
 
 
 def requeue_attempt(
