@@ -252,6 +252,8 @@ def test_statsd_and_prometheus_tell_the_story_of_a_real_run(
     assert sample(s, "tradewind_pool_running_slots", pool="default_pool") == 0
     assert sample(s, "tradewind_scheduler_scheduler_loop_duration_count") > 0
     assert sample(s, "tradewind_dagbag_size") == 1
+    assert sample(s, "tradewind_scheduler_members_alive") == 1
+    assert sample(s, "tradewind_scheduler_workers_alive") == 1
 
     w = scrape(cluster.worker)
     assert sample(w, "tradewind_worker_heartbeat_total") > 0

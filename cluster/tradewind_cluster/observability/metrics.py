@@ -131,6 +131,8 @@ _TABLE = (
     _spec("scheduler.tasks.requeued", _C, "Queued attempts requeued.", ("reason",)),
     _spec("scheduler.reports.stale", _C, "Worker reports refused: fencing token not current."),
     _spec("scheduler.members.declared_dead", _C, "Peer replicas or workers declared dead."),
+    _spec("scheduler.members.alive", _G, "Scheduler replicas alive (member rows)."),
+    _spec("scheduler.workers.alive", _G, "Worker agents whose heartbeat is fresh."),
     _spec("scheduler.tasks.dispatched", _C, "Attempts handed to a worker.", ("queue",)),
     _spec("scheduler.dispatch.duration", _T, "Time of one dispatch RPC to a worker.", ("queue",)),
     _spec("scheduler.dispatch.latency", _T, "Time from queued to accepted by a worker.",

@@ -15,10 +15,11 @@ from tradewind.spec import TaskKind, TaskSpec
 from tradewind.states import TaskInstanceState
 from tradewind_cluster.scheduler.context import SchedulerContext
 from tradewind_cluster.store import housekeeping as store_hk
+from tradewind_cluster.store import members
 from tradewind_cluster.store import workers as store_workers
 from tradewind_cluster.store.database import Connection
 from tradewind_cluster.store.notify import notify
-from tradewind_cluster.store.queueing import pool_slots
+from tradewind_cluster.store.queueing import PoolSlots, pool_slots
 
 __all__ = ["Housekeeper", "HousekeepingReport"]
 
@@ -117,9 +118,20 @@ class Housekeeper:
         return report
 
     def _emit_pools(self) -> None:
-        """Airflow's pool gauges for every pool (each replica sends the same figures)."""
+        """Airflow's pool gauges for every pool (each replica sends the same figures), and how
+        many scheduler replicas and workers are alive."""
         m = self.ctx.metrics
-        for p in self.ctx.db.read(lambda c: pool_slots(c, limit=_POOLS_LIMIT)):
+        lost_after = self.ctx.options.worker_lost_after_s
+
+        def read(conn: Connection) -> tuple[list[PoolSlots], int, int]:
+            replicas = len(members.list_members(conn, limit=1000))
+            workers = len(store_workers.live_workers(conn, max_age_s=lost_after, limit=10_000))
+            return pool_slots(conn, limit=_POOLS_LIMIT), replicas, workers
+
+        pools, replicas, workers = self.ctx.db.read(read)
+        m.gauge("scheduler.members.alive", replicas)
+        m.gauge("scheduler.workers.alive", workers)
+        for p in pools:
             m.gauge("pool.open_slots", p.open, pool=p.pool)
             m.gauge("pool.queued_slots", p.queued, pool=p.pool)
             m.gauge("pool.running_slots", p.running, pool=p.pool)
