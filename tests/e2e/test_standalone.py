@@ -73,6 +73,13 @@ def test_standalone_runs_a_dag_and_stops_cleanly(home: Path) -> None:
             "the tutorial DAG to be parsed",
             interval=1,
         )
+        # A crashed child is reported and started again.
+        worker = next(
+            c for c in psutil.Process(proc.pid).children() if "worker-1" in " ".join(c.cmdline())
+        )
+        worker.kill()
+        wait_until(lambda: "worker-1 restarted" in log.read_text(), 30, "worker-1 to be restarted")
+        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
         trigger = subprocess.run(
             [*CLI, "dags", "trigger", "tutorial", "--wait"],
             env=env,
