@@ -1,0 +1,1 @@
+"""Quick measurement scripts, each run from the repo root as `python -m loadtest.probes.NAME`."""
