@@ -3,6 +3,8 @@ health service, and ports chosen by the OS when configured as 0."""
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -19,6 +21,17 @@ from tradewind_cluster.rpc.security import (
 )
 
 __all__ = ["RpcOptions", "RpcServer", "open_channel", "rpc_options_from"]
+
+log = logging.getLogger(__name__)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: assume it is reachable from elsewhere
+        return False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +79,14 @@ class RpcServer:
         register: Sequence[Callable[[grpc.Server], None]],
         on_refused: Callable[[str], None] | None = None,
     ) -> None:
+        sec = options.security
+        if not sec.token and not sec.tls and not _is_loopback(options.bind_host):
+            log.warning(
+                "gRPC on %s:%s accepts unauthenticated calls: set rpc.token or rpc.tls_*",
+                options.bind_host,
+                options.port,
+                extra={"event": "rpc_unauthenticated_bind"},
+            )
         interceptors = []
         if options.security.token and not options.security.tls:
             interceptors.append(TokenAuthInterceptor(options.security.token, on_refused))
