@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -29,7 +31,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=_run)
 
 
+def _cli_name() -> str:
+    """`tradewind` when it is on PATH, else the path of this environment's script."""
+    script = Path(sys.executable).parent / "tradewind"
+    on_path = shutil.which("tradewind")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "tradewind"
+    return str(script) if script.exists() else "tradewind"
+
+
 def _banner(cluster: StandaloneCluster) -> str:
+    cli = _cli_name()
     lines = ["", "Tradewind standalone is running.", ""]
     for child in cluster.schedulers() + cluster.workers():
         metrics = child.metrics_port or child.health_port
@@ -44,9 +56,9 @@ def _banner(cluster: StandaloneCluster) -> str:
         f"  logs         {cluster.log_dir}",
         "",
         "From another shell (same TRADEWIND_HOME):",
-        "  tradewind dags list",
-        "  tradewind dags trigger tutorial --wait",
-        "  tradewind cluster status",
+        f"  {cli} dags list",
+        f"  {cli} dags trigger tutorial --wait",
+        f"  {cli} cluster status",
         "",
         "Ctrl-C stops everything.",
     ]
