@@ -4,13 +4,14 @@ Each attempt queued gets a "task.queue" span, a child of its task.schedule span.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 
-from tradewind.scheduling.admission import admit
+from tradewind.scheduling.admission import StarvationReason, admit
 from tradewind_cluster.observability.tracing import context_from, keyed_context, record_span
 from tradewind_cluster.scheduler.context import SchedulerContext
 from tradewind_cluster.scheduler.examiner import schedule_span_key
@@ -23,6 +24,8 @@ from tradewind_cluster.store.queueing import (
 )
 
 __all__ = ["QueueReport", "Queuer"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,6 +47,8 @@ class Queuer:
     ) -> None:
         self.ctx = ctx
         self._queue_open = queue_open  # free worker slots per queue (None: unknown, no limit)
+        self._last_queue_open: Mapping[str, int] | None = None
+        self._explained: dict[tuple[str, str, str], float] = {}
 
     def run_once(
         self, now: datetime | None = None, pools: frozenset[str] | None = None
@@ -58,7 +63,7 @@ class Queuer:
         self.ctx.rng.shuffle(todo)
         queued: list[QueuedAttempt] = []
         busy = starving = 0
-        queue_open = self._queue_open()
+        queue_open = self._last_queue_open = self._queue_open()
         with self.ctx.metrics.timer("scheduler.critical_section_duration"):
             for name in todo:
                 started_ns = time.time_ns()
@@ -127,9 +132,36 @@ class Queuer:
         )
         return replace(a, trace_context=span)
 
+    def _explain(self, outcome: PoolOutcome) -> None:
+        """Say why tasks wait when no waiting will help: a pool that does not exist or is too
+        small, a queue no live worker serves. Once a minute per cause, not per loop."""
+        now = time.monotonic()
+        assert outcome.admission is not None
+        for starved in outcome.admission.starved:
+            c = starved.candidate
+            stuck = starved.permanent or (
+                starved.reason is StarvationReason.QUEUE_FULL
+                and self._last_queue_open is not None
+                and c.queue not in self._last_queue_open
+            )
+            if not stuck:
+                continue
+            cause = (starved.reason.value, c.pool, c.queue)
+            if now - self._explained.get(cause, float("-inf")) < 60:
+                continue
+            self._explained[cause] = now
+            why = starved.message
+            if starved.reason is StarvationReason.QUEUE_FULL:
+                why = f"no live worker serves queue {c.queue!r}"
+            log.warning(
+                "%s.%s waits: %s", c.dag_id, c.task_id, why,
+                extra={"event": "task_starved", "dag_id": c.dag_id, "task_id": c.task_id},
+            )  # fmt: skip
+
     def _emit(self, outcome: PoolOutcome) -> int:
         if outcome.admission is None:
             return 0
+        self._explain(outcome)
         usage = outcome.admission.pools.get(outcome.pool)
         if usage is not None:
             if usage.open_slots is not None:
