@@ -68,7 +68,6 @@ class Membership:
         # replica's heartbeat is old, so ages mean nothing until ours has been back a while.
         self.store_ok_since: float | None = None
         self.last_error: str | None = None
-        self.declared: list[str] = []
 
     # -- heartbeat thread -------------------------------------------------------------
     def start(self) -> None:
@@ -165,7 +164,6 @@ class Membership:
             )
         )
         if ok:
-            self.declared.append(member_id)
             log.warning(
                 "declared replica %s dead: %s",
                 member_id,

@@ -151,17 +151,6 @@ class Database:
         with self.engine.connect() as conn:
             yield conn
 
-    def ping(self, timeout_s: float = 1.0) -> bool:
-        """A cheap liveness check of the store, bounded by a statement timeout."""
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(sa.text(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}"))
-                conn.execute(sa.text("SELECT 1"))
-                conn.rollback()
-            return True
-        except sa.exc.SQLAlchemyError:
-            return False
-
     def dispose(self) -> None:
         """Close every pooled connection (at shutdown, or in a child after fork)."""
         self.engine.dispose()
