@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import shutil
 import statistics
@@ -90,17 +91,39 @@ def _attempt_ms(fs: Any, fake: Any, client: Any, bench: _Bench, ti: int, tid: st
     return (mark - t0) * 1000
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds of a process and of its children, with those it has reaped."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += sum(int(f) for f in fields[11:15]) / tick
+        todo.extend(int(k) for k in kids)
+    return total
+
+
 def _measure(fs: Any, fake: Any, worker: Any, bench: _Bench, n_tries: int) -> None:
-    """Run each task n_tries times, one at a time, and print the distributions after warm-up."""
+    """Run each task n_tries times, one at a time, and print the distributions after warm-up,
+    and the worker's CPU per attempt (agent, fork server and task processes together)."""
     fs.wait_registered(fake)
     client = fs.WorkerClient(worker.ports["grpc"])
     results: dict[str, list[float]] = {tid: [] for tid in TASK_IDS}
     ti = 0
+    cpu_at = _cpu_s(worker.popen.pid)
     for n in range(1, n_tries + 1):
         for tid in TASK_IDS:
             ti += 1
             results[tid].append(_attempt_ms(fs, fake, client, bench, ti, tid, n))
+    cpu = _cpu_s(worker.popen.pid) - cpu_at
     client.close()
+    print(f"worker CPU per attempt (both kinds): {cpu / ti * 1000:.2f} ms (n={ti})")
     for tid, values in results.items():
         kept = sorted(values[WARM_UP:])
         print(

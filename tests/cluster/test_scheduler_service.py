@@ -301,6 +301,55 @@ def test_an_oversized_xcom_is_refused_with_the_limit_named(cluster: Cluster) -> 
         assert conn.execute(sa.text("SELECT count(*) FROM xcom")).scalar_one() == 0
 
 
+def xcom_rows(db: Database) -> list[tuple[str, str, str]]:
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT task_id, key, value FROM xcom ORDER BY task_id, key"))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+
+def test_returned_values_are_stored_with_the_success_that_carries_them(cluster: Cluster) -> None:
+    stub = cluster.stub()
+    tis = queue_tasks(cluster.db, "a", "b")
+    for name in ("a", "b"):
+        report(stub, tis[name], pb.ATTEMPT_EVENT_STARTED)
+    returned = [pb.XComEntry(key="rows", value="3"), pb.XComEntry(key="return_value", value='{"rows": 3}')]
+    assert report(stub, tis["a"], pb.ATTEMPT_EVENT_SUCCESS, xcoms=returned).accepted
+    # values with any other outcome are not kept
+    assert report(stub, tis["b"], pb.ATTEMPT_EVENT_SKIPPED, xcoms=returned).accepted
+    assert xcom_rows(cluster.db) == [("a", "return_value", '{"rows": 3}'), ("a", "rows", "3")]
+    assert (ti_state(cluster.db, tis["a"]), ti_state(cluster.db, tis["b"])) == ("success", "skipped")
+    # a resent success (lost reply) is idempotent: same rows
+    assert report(stub, tis["a"], pb.ATTEMPT_EVENT_SUCCESS, xcoms=returned).accepted
+    assert len(xcom_rows(cluster.db)) == 2
+
+
+def test_a_returned_value_the_store_cannot_keep_fails_the_try_with_the_reason(
+    cluster: Cluster,
+) -> None:
+    stub = cluster.stub()
+    tis = queue_tasks(cluster.db, "big", "bad")
+    for name in ("big", "bad"):
+        report(stub, tis[name], pb.ATTEMPT_EVENT_STARTED)
+    big = [pb.XComEntry(key="return_value", value='"' + "x" * MAX_XCOM + '"')]
+    assert report(stub, tis["big"], pb.ATTEMPT_EVENT_SUCCESS, xcoms=big).accepted
+    bad = [pb.XComEntry(key="return_value", value="{not json")]
+    assert report(stub, tis["bad"], pb.ATTEMPT_EVENT_SUCCESS, xcoms=bad).accepted
+    assert ti_state(cluster.db, tis["big"]) == "failed"
+    assert ti_state(cluster.db, tis["bad"]) == "failed"
+    assert xcom_rows(cluster.db) == []
+    with cluster.db.engine.connect() as conn:
+        errors = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT t.task_id, a.error FROM task_attempt a "
+                    "JOIN task_instance t ON t.id = a.ti_id"
+                )
+            ).all()
+        )
+    assert f"over core.max_xcom_bytes ({MAX_XCOM})" in errors["big"]
+    assert errors["bad"] == "XCom 'return_value' is not JSON"
+
+
 def test_pushes_need_the_current_token_of_a_running_attempt(cluster: Cluster) -> None:
     stub = cluster.stub()
     old = queue_tasks(cluster.db, "a")["a"]

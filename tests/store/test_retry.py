@@ -43,3 +43,35 @@ def test_non_transient_errors_are_not_retried(database: Database) -> None:
     assert isinstance(info.value.__cause__, sa.exc.ProgrammingError)
     assert not is_transient(info.value.__cause__)
     assert calls == [1]
+
+
+def test_read_runs_in_a_read_only_transaction_and_leaves_the_connection_writable(
+    database: Database,
+) -> None:
+    def write(conn: sa.Connection) -> None:
+        conn.execute(sa.text("INSERT INTO variable (key, val) VALUES ('ro', 'x')"))
+
+    with pytest.raises(sa.exc.InternalError, match="read-only transaction"):
+        database.read(write)
+    assert (
+        database.read(lambda c: c.execute(sa.text("SHOW transaction_read_only")).scalar()) == "on"
+    )
+    # the pooled connection goes back read-write for the next transaction
+    database.transaction(write)
+    assert (
+        database.transaction(lambda c: c.execute(sa.text("SHOW transaction_read_only")).scalar())
+        == "off"
+    )
+
+
+def test_a_backend_killed_while_pooled_is_replaced_without_pre_ping(database: Database) -> None:
+    pid = database.read(lambda c: c.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+    other = sa.create_engine(database.url, poolclass=sa.pool.NullPool)
+    with other.connect() as killer:
+        killer.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        killer.commit()
+    other.dispose()
+    backend = database.transaction(
+        lambda c: c.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    )
+    assert backend != pid

@@ -161,6 +161,10 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):
         with self.lock:
             self.reports.append(request)
             reason = self.refuse.get(key)
+            if reason is None and request.event == scheduler_pb2.ATTEMPT_EVENT_SUCCESS:
+                run = self._run(request.attempt)  # returned values travel with the outcome
+                for entry in request.xcoms:
+                    self.xcoms[(run.dag_id, run.run_id, run.task_id, entry.key)] = entry.value
             self.lock.notify_all()
         return scheduler_pb2.AttemptReportReply(accepted=reason is None, reason=reason or "")
 

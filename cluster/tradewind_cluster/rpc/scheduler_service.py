@@ -289,13 +289,22 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self, request: scheduler_pb2.AttemptReport, ti_id: int, token: int, worker_id: str
     ) -> ReportResult:
         outcome = _OUTCOMES[request.event]
+        error = request.error or None
+        stored: list[tuple[str, str]] = []
+        if outcome is AttemptOutcome.SUCCESS and request.xcoms:
+            try:
+                stored = self._returned(ti_id, token, request.xcoms)
+            except BadInputError as exc:
+                # as a failed push fails the task in Airflow: the try fails and may retry
+                outcome, error = AttemptOutcome.FAILED, str(exc)
         result = self.reports.finished(
             ti_id,
             token,
             outcome=outcome,
             exit_code=request.exit_code,
-            error=request.error or None,
+            error=error,
             followed=list(request.followed) if request.has_followed else None,
+            xcoms=stored,
         )
         if result.accepted:
             return result
@@ -421,6 +430,46 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     # -- helpers ------------------------------------------------------------------------
     def _scope(self, ti_id: int, token: int) -> AttemptScope | None:
         return self.db.read(lambda c: workers.attempt_scope(c, ti_id, token))
+
+    def _returned(
+        self, ti_id: int, token: int, entries: Sequence[scheduler_pb2.XComEntry]
+    ) -> list[tuple[str, str]]:
+        """The stored form of the values a task returned; BadInputError when one cannot be
+        kept (not JSON, refused by the backend, too large). The default backend keeps the
+        worker's JSON as it is, without reading the attempt's scope first."""
+        plain = type(self.xcom_backend) is DatabaseXComBackend
+        scope = None if plain else self._scope(ti_id, token)
+        out: list[tuple[str, str]] = []
+        for entry in entries:
+            try:
+                value = json.loads(entry.value)
+            except ValueError:
+                raise BadInputError(f"XCom {entry.key!r} is not JSON") from None
+            if plain:
+                text = entry.value
+            elif scope is None:  # the report itself will be refused
+                return []
+            else:
+                try:
+                    text = self.xcom_backend.serialize_value(
+                        value,
+                        key=entry.key,
+                        dag_id=scope.dag_id,
+                        run_id=scope.run_id,
+                        task_id=scope.task_id,
+                    )
+                except BadInputError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a user backend: its failure fails the try
+                    raise BadInputError(
+                        f"the XCom backend could not store {entry.key!r}: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from None
+            problem = store_xcom.check_value(entry.key, text, self.options.max_xcom_bytes)
+            if problem is not None:
+                raise BadInputError(problem)
+            out.append((entry.key, text))
+        return out
 
     def _serialize(self, ti_id: int, token: int, key: str, wire: str) -> str:
         """The worker sends JSON; the configured backend decides what the store keeps (JSON

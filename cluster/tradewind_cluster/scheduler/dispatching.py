@@ -56,6 +56,11 @@ class Dispatcher(Protocol):
         """Free worker slots per queue, or None when unknown (no limit on queueing)."""
         ...
 
+    def capacity_changed(self) -> None:
+        """An attempt ended here: a slot may be free, so queue_open must not answer from an
+        older view (a stale "no free slot" would hold ready tasks until the view expires)."""
+        ...
+
 
 def _run_context(run: RunRow, dag: DagSpec) -> dict[str, Any]:
     return {

@@ -221,6 +221,11 @@ class GrpcDispatcher:
         self._emit_board(total, open_, pending, assigned, running)
         return dict(open_)
 
+    def capacity_changed(self) -> None:
+        """Drop the cached free-slot view: the next queue_open reads the store again."""
+        with self._lock:
+            self._queue_cache = None
+
     def _emit_board(
         self,
         total: int,

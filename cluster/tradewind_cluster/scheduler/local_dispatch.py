@@ -85,6 +85,9 @@ class LocalDispatcher:
         """Free slots, offered to every queue."""
         return None
 
+    def capacity_changed(self) -> None:
+        """Nothing cached: queue_open has no limit here."""
+
     def dispatch(self, requests: Sequence[DispatchRequest]) -> list[DispatchResult]:
         """Accept everything; each attempt runs on the pool."""
         for req in requests:

@@ -27,6 +27,9 @@ __all__ = ["LoopReport", "SchedulerLoop", "Waker"]
 
 log = logging.getLogger(__name__)
 
+# How soon a replica looks again at a pool another replica held (SKIP LOCKED skipped it).
+CONTENDED_RETRY_S = 0.01
+
 
 class Waker:
     """A self-pipe: `wake()` from any thread makes the loop's select() return at once."""
@@ -66,6 +69,9 @@ class LoopReport:
     """What one iteration did; `busy` means go round again without sleeping."""
 
     busy: bool = False
+    # a pool's critical section was held by another replica: what it skipped may be queueable
+    # once that replica commits, and nothing will wake this one for it, so look again soon
+    contended: bool = False
     errors: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -131,6 +137,7 @@ class SchedulerLoop:
             or (queued and queued.queued)
             or (kept and kept.changed)
         )
+        report.contended = bool(queued and queued.busy_pools)
         if not report.errors:
             self.store_ok = True
             self.last_error = None
@@ -157,7 +164,10 @@ class SchedulerLoop:
                 if stop.is_set():
                     break
                 if not report.busy:
-                    listener.wait(self._idle_timeout(), also=(self.waker.fd,))
+                    timeout = self._idle_timeout()
+                    if report.contended:
+                        timeout = min(timeout, CONTENDED_RETRY_S)
+                    listener.wait(timeout, also=(self.waker.fd,))
                     self.waker.drain()
         finally:
             listener.close()

@@ -106,7 +106,7 @@ class SchedulerReplica:
             watch_peers=self._watch_peers,
             store_ok_for=self._store_ok_for,
         )
-        self.reports.on_change = self.loop.waker.wake
+        self.reports.on_change = self._attempt_ended
         self._parse_once = self._make_parser() if parse else None
         self._on_declared_dead = on_declared_dead
         self.health = HealthState()
@@ -309,6 +309,11 @@ class SchedulerReplica:
         """Seconds our heartbeats have succeeded without a gap (0 while the store is down)."""
         since = self.membership.store_ok_since if self.membership is not None else None
         return 0.0 if since is None else time.monotonic() - since
+
+    def _attempt_ended(self) -> None:
+        """A report ended an attempt here: its slot is free and its run is due for examination."""
+        self.dispatcher.capacity_changed()
+        self.loop.waker.wake()
 
     def _watch_peers(self) -> list[str]:
         return self.membership.watch_peers_once() if self.membership is not None else []

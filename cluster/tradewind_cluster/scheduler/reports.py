@@ -13,6 +13,7 @@ from tradewind.spec import TaskKind, TaskSpec
 from tradewind.states import TaskInstanceState
 from tradewind_cluster.scheduler.context import SchedulerContext
 from tradewind_cluster.store import attempts as store_attempts
+from tradewind_cluster.store import xcom as store_xcom
 from tradewind_cluster.store.attempts import AttemptStart, ReportResult
 from tradewind_cluster.store.database import Connection
 
@@ -55,8 +56,10 @@ class ReportHandler:
         error: str | None = None,
         followed: Sequence[str] | None = None,
         at: datetime | None = None,
+        xcoms: Sequence[tuple[str, str]] = (),
     ) -> ReportResult:
-        """The attempt ended; the core decides success / skipped / retry / failed."""
+        """The attempt ended; the core decides success / skipped / retry / failed. `xcoms` are
+        the (key, stored value) pairs it returned, kept in the same transaction on success."""
         now = at or self.ctx.clock()
 
         def apply(conn: Connection) -> ReportResult:
@@ -72,6 +75,8 @@ class ReportHandler:
                 error=error,
                 followed=followed,
             )
+            if xcoms and result.accepted and result.state is TaskInstanceState.SUCCESS:
+                store_xcom.store_returned(conn, ti_id, token, xcoms)
             # No NOTIFY: waking every replica for each finished task makes all of them run an
             # iteration for work one will do. This replica wakes its own loop (on_change);
             # should it die first, examine_after=now is due and any replica's idle wait ends.

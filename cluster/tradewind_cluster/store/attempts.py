@@ -72,13 +72,15 @@ def _refusal(conn: Connection, ti_id: int, token: int) -> ReportResult:
     row = conn.execute(sa.select(ti.c.state, ti.c.token).where(ti.c.id == ti_id)).first()
     if row is None:
         return ReportResult(accepted=False, reason=f"unknown task instance {ti_id}")
-    if row.token != token:
+    return _refused(row.state, row.token, token)
+
+
+def _refused(state: str, current: int, token: int) -> ReportResult:
+    if current != token:
         return ReportResult(
-            accepted=False, reason=f"stale token {token}: the current attempt has token {row.token}"
+            accepted=False, reason=f"stale token {token}: the current attempt has token {current}"
         )
-    return ReportResult(
-        accepted=False, reason=f"task instance is {row.state}", state=_TI(row.state)
-    )
+    return ReportResult(accepted=False, reason=f"task instance is {state}", state=_TI(state))
 
 
 def mark_dispatched(
@@ -213,14 +215,13 @@ def record_finish(
     (the caller passes the core's decide_outcome bound to the task's spec).
 
     Lock order dag_run → task_instance, as the examiner's: the run row is locked first (waiting
-    for an examination of that run in progress), then the task instance."""
-    run_pk = conn.execute(sa.select(ti.c.run_pk).where(ti.c.id == ti_id)).scalar()
-    if run_pk is None:
-        return _refusal(conn, ti_id, token)
-    # Lock: the run before its task instance, so a report never deadlocks with an examiner.
-    conn.execute(sa.select(dag_run.c.id).where(dag_run.c.id == run_pk).with_for_update())
+    for an examination of that run in progress), then the task instance is changed by a
+    compare-and-set on (token, running). Three round trips: lock and read, update, history."""
     cur = conn.execute(
         sa.select(
+            ti.c.run_pk,
+            ti.c.token,
+            ti.c.state,
             ti.c.dag_id,
             ti.c.task_id,
             ti.c.try_number,
@@ -230,14 +231,27 @@ def record_finish(
             ti.c.queued_at,
             ti.c.start_date,
         )
-        .where(ti.c.id == ti_id, ti.c.token == token, ti.c.state == "running")
-        .with_for_update()
+        .select_from(ti.join(dag_run, dag_run.c.id == ti.c.run_pk))
+        .where(ti.c.id == ti_id)
+        .with_for_update(of=dag_run)
     ).first()
     if cur is None:
-        return _refusal(conn, ti_id, token)
-    start = AttemptStart(**cur._asdict())
+        return ReportResult(accepted=False, reason=f"unknown task instance {ti_id}")
+    if cur.token != token or cur.state != "running":
+        return _refused(cur.state, cur.token, token)
+    start = AttemptStart(
+        dag_id=cur.dag_id,
+        task_id=cur.task_id,
+        try_number=cur.try_number,
+        max_tries=cur.max_tries,
+        operator=cur.operator,
+        queue=cur.queue,
+        queued_at=cur.queued_at,
+        start_date=cur.start_date,
+    )
     decision = decide(start)
-    row = conn.execute(
+    # The run is locked, the task instance is not: the compare-and-set below is the fence.
+    changed = conn.execute(
         sa.update(ti)
         .where(ti.c.id == ti_id, ti.c.token == token, ti.c.state == "running")
         .values(
@@ -248,19 +262,22 @@ def record_finish(
             reason=decision.reason,
             updated_at=now,
         )
-        .returning(ti.c.run_pk)
-    ).first()
-    if row is None:  # pragma: no cover - the row is locked above
+    ).rowcount
+    if changed != 1:
         return _refusal(conn, ti_id, token)
-    update_attempt(
-        conn, ti_id, token, state=outcome.value, end_date=now, exit_code=exit_code, error=error
+    history = (
+        sa.update(task_attempt)
+        .where(task_attempt.c.ti_id == ti_id, task_attempt.c.token == token)
+        .values(state=outcome.value, end_date=now, exit_code=exit_code, error=error)
+        .cte("history")
     )
     conn.execute(
         sa.update(dag_run)
-        .where(dag_run.c.id == row.run_pk, dag_run.c.state == "running")
+        .where(dag_run.c.id == cur.run_pk, dag_run.c.state == "running")
         .values(examine_after=now)
+        .add_cte(history)
     )
-    return ReportResult(accepted=True, state=decision.to_state, run_pk=row.run_pk, attempt=start)
+    return ReportResult(accepted=True, state=decision.to_state, run_pk=cur.run_pk, attempt=start)
 
 
 def heartbeat_attempts(

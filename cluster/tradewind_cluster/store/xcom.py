@@ -18,11 +18,13 @@ from tradewind_cluster.store.workers import attempt_scope
 __all__ = [
     "XComPushResult",
     "XComRow",
+    "check_value",
     "delete_task_xcoms",
     "list_xcoms",
     "newest_xcom",
     "pull_xcoms",
     "push_xcom",
+    "store_returned",
 ]
 
 x = xcom
@@ -95,6 +97,38 @@ def push_xcom(
         )
     )
     return XComPushResult(accepted=True)
+
+
+def store_returned(
+    conn: Connection, ti_id: int, token: int, values: Sequence[tuple[str, str]]
+) -> int:
+    """Store the values an attempt returned, in the transaction that recorded its success (the
+    caller checked the token there and the sizes before): one INSERT ... SELECT per key."""
+    stored = 0
+    for key, value in values:
+        source = sa.select(
+            ti.c.dag_id,
+            ti.c.run_id,
+            ti.c.task_id,
+            sa.literal(key, sa.String),
+            sa.literal(value, sa.Text),
+            sa.func.clock_timestamp(),
+        ).where(ti.c.id == ti_id, ti.c.token == token)
+        insert = pg_insert(x).from_select(
+            [x.c.dag_id, x.c.run_id, x.c.task_id, x.c.key, x.c.value, x.c.created_at], source
+        )
+        stored += conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=[x.c.dag_id, x.c.run_id, x.c.task_id, x.c.key],
+                set_={"value": insert.excluded.value, "created_at": insert.excluded.created_at},
+            )
+        ).rowcount
+    return stored
+
+
+def check_value(key: str, value: str, max_bytes: int) -> str | None:
+    """Why the store cannot keep this XCom (bad key, NUL, over max_bytes), or None."""
+    return _check_value(key, value, max_bytes)
 
 
 def _refusal(conn: Connection, ti_id: int, token: int) -> str:

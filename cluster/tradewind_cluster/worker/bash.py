@@ -12,13 +12,14 @@ import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
+from dataclasses import replace
 from typing import Any
 
 from tradewind.errors import BadInputError
 from tradewind.spec import TaskSpec
 from tradewind.xcomarg import XCOM_RETURN_KEY
 from tradewind_cluster.worker.launch import ChildResult, Launch, Outcome
-from tradewind_cluster.worker.task_api import RuntimeTaskInstance, TaskApi
+from tradewind_cluster.worker.task_api import RuntimeTaskInstance, TaskApi, encode_xcom
 from tradewind_cluster.worker.task_context import (
     DagView,
     RunInfo,
@@ -175,5 +176,8 @@ def run_bash_task(
     code, last_line = run_command(command, env=env, cwd=cwd, encoding=encoding)
     result = classify_exit(code, _skip_codes(fields.get("skip_on_exit_code", [99])))
     if result.outcome is Outcome.SUCCESS and spec.do_xcom_push:
-        ti.xcom_push(XCOM_RETURN_KEY, last_line)
+        text = encode_xcom(
+            last_line, key=XCOM_RETURN_KEY, task_id=spec.task_id, limit=launch.max_xcom_bytes
+        )
+        result = replace(result, xcoms=((XCOM_RETURN_KEY, text),))
     return result, code

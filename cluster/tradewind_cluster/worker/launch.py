@@ -110,11 +110,20 @@ class ChildResult:
     outcome: Outcome
     error: str | None = None
     followed: tuple[str, ...] | None = None  # set for branch and short-circuit tasks
+    # (key, JSON text) of the values a successful task returned: they travel with the outcome
+    xcoms: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The event payload."""
         followed = None if self.followed is None else list(self.followed)
-        return {"outcome": self.outcome.value, "error": self.error, "followed": followed}
+        data: dict[str, Any] = {
+            "outcome": self.outcome.value,
+            "error": self.error,
+            "followed": followed,
+        }
+        if self.xcoms:
+            data["xcoms"] = [list(pair) for pair in self.xcoms]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ChildResult:
@@ -125,6 +134,7 @@ class ChildResult:
                 outcome=Outcome(data["outcome"]),
                 error=None if data.get("error") is None else str(data["error"]),
                 followed=None if followed is None else tuple(str(t) for t in followed),
+                xcoms=tuple((str(k), str(v)) for k, v in data.get("xcoms") or ()),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise BadInputError(f"malformed task result {data!r}: {exc}") from None

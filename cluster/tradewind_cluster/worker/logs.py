@@ -142,52 +142,58 @@ class LogShipper:
             return self._pass_once()
 
     def _pass_once(self) -> int:
+        """New bytes of every tracked attempt (up to the budget) in one ShipLogs call; on
+        success each attempt's offset moves on, on failure none does (the next pass resends)."""
         with self._lock:
             items = list(self._tracked.items())
-        stored = 0
         budget = self._budget
+        batch: list[tuple[str, _Shipping, int, int]] = []  # key, shipping, bytes, chunks
+        chunks: list[scheduler_pb2.LogChunk] = []
         for key, shipping in items:
             if budget <= 0:
                 break
+            data = self._pending(shipping, budget)
+            pieces = split_utf8(data, CHUNK_BYTES)
+            ref = common_pb2.AttemptRef(ti_id=shipping.ti_id, token=shipping.token)
+            chunks.extend(
+                scheduler_pb2.LogChunk(
+                    attempt=ref,
+                    try_number=shipping.try_number,
+                    seq=shipping.seq + i,
+                    data=piece.decode("utf-8", errors="replace"),
+                )
+                for i, piece in enumerate(pieces)
+            )
+            batch.append((key, shipping, len(data), len(pieces)))
+            budget -= len(data)
+        if chunks:
             try:
-                sent, size = self._ship(shipping, budget)
+                self._link.call(
+                    "ShipLogs",
+                    scheduler_pb2.LogChunksRequest(chunks=chunks),
+                    timeout_s=self._timeout_s,
+                )
             except (RetryableError, BadInputError) as exc:
                 log.debug("log shipping deferred: %s", exc)
-                return stored
-            stored += sent
-            budget -= size
-            if shipping.final and size == 0:
-                with self._lock:
+                return 0
+        for key, shipping, size, count in batch:
+            shipping.offset += size
+            shipping.seq += count
+            with self._lock:
+                if count:
+                    self._next_seq[shipping.path] = shipping.seq
+                    self._next_seq.move_to_end(shipping.path)
+                    while len(self._next_seq) > _SEQ_MEMORY:
+                        self._next_seq.popitem(last=False)
+                if shipping.final and size == 0:
                     self._tracked.pop(key, None)
-        return stored
+        return len(chunks)
 
-    def _ship(self, shipping: _Shipping, budget: int) -> tuple[int, int]:
+    def _pending(self, shipping: _Shipping, budget: int) -> bytes:
+        """The attempt's bytes not yet shipped, never ending inside a character while it runs."""
         data, _ = read_chunks(shipping.path, shipping.offset, budget)
         cut = len(data) if shipping.final else utf8_complete(data)
-        data = data[:cut]
-        if not data:
-            return 0, 0
-        ref = common_pb2.AttemptRef(ti_id=shipping.ti_id, token=shipping.token)
-        chunks = [
-            scheduler_pb2.LogChunk(
-                attempt=ref,
-                try_number=shipping.try_number,
-                seq=shipping.seq + i,
-                data=piece.decode("utf-8", errors="replace"),
-            )
-            for i, piece in enumerate(split_utf8(data, CHUNK_BYTES))
-        ]
-        self._link.call(
-            "ShipLogs", scheduler_pb2.LogChunksRequest(chunks=chunks), timeout_s=self._timeout_s
-        )
-        shipping.offset += len(data)
-        shipping.seq += len(chunks)
-        with self._lock:
-            self._next_seq[shipping.path] = shipping.seq
-            self._next_seq.move_to_end(shipping.path)
-            while len(self._next_seq) > _SEQ_MEMORY:
-                self._next_seq.popitem(last=False)
-        return len(chunks), len(data)
+        return data[:cut]
 
     def run(self, stop: threading.Event, interval_s: float) -> None:
         """Ship every interval until stopped."""

@@ -31,6 +31,7 @@ class PendingReport:
     followed: tuple[str, ...] = ()
     has_followed: bool = False
     at_unix: float = 0.0
+    xcoms: tuple[tuple[str, str], ...] = ()  # (key, JSON) returned, with a SUCCESS outcome
     traceparent: str | None = None  # the attempt's task.execute span, sent as gRPC metadata
 
     @property
@@ -54,6 +55,7 @@ class PendingReport:
             followed=list(self.followed),
             has_followed=self.has_followed,
             at_unix=self.at_unix,
+            xcoms=[scheduler_pb2.XComEntry(key=k, value=v) for k, v in self.xcoms],
         )
 
 
@@ -102,6 +104,7 @@ def final_report(
             followed=followed or (),
             has_followed=followed is not None,
             at_unix=at,
+            xcoms=result.xcoms if result.outcome is Outcome.SUCCESS else (),
         )
     parts = [p for p in (kill_reason, spawn_error) if p]
     if result is not None and result.error:

@@ -38,7 +38,7 @@ from tradewind.xcomarg import XCOM_RETURN_KEY
 from tradewind_cluster.parsing.runner import load_dag_file
 from tradewind_cluster.worker.bash import run_bash_task
 from tradewind_cluster.worker.launch import ChildEvent, ChildResult, Launch, Outcome, encode_line
-from tradewind_cluster.worker.task_api import RuntimeTaskInstance, StartGate, TaskApi
+from tradewind_cluster.worker.task_api import RuntimeTaskInstance, StartGate, TaskApi, encode_xcom
 from tradewind_cluster.worker.task_context import RunInfo, airflow_context_env, build_context
 from tradewind_cluster.worker.templating import Renderer, TemplateOptions, build_environment
 
@@ -49,6 +49,7 @@ __all__ = [
     "decode_task",
     "describe_error",
     "load_task",
+    "returned_xcoms",
     "run_task",
     "warm_up",
 ]
@@ -181,13 +182,23 @@ def _callable_params(task: Any, run: RunInfo) -> dict[str, Any]:
     return params
 
 
-def _push_return_value(ti: RuntimeTaskInstance, task: Any, value: Any) -> None:
+def returned_xcoms(
+    launch: Launch, task: Any, value: Any, *, multiple_outputs: bool = False
+) -> tuple[tuple[str, str], ...]:
+    """The XComs a returned value makes, as (key, JSON text): none for None or do_xcom_push
+    off, each key of a multiple_outputs dict, then return_value. They go to the scheduler with
+    the SUCCESS report, in its transaction; XComError (not JSON, too large) fails the task."""
     if value is None or not getattr(task, "do_xcom_push", True):
-        return
-    if getattr(task, "multiple_outputs", False):
-        for key, item in split_multiple_outputs(value).items():
-            ti.xcom_push(key, item)
-    ti.xcom_push(XCOM_RETURN_KEY, value)
+        return ()
+    pairs: list[tuple[str, Any]] = []
+    if multiple_outputs:
+        pairs.extend(split_multiple_outputs(value).items())
+    pairs.append((XCOM_RETURN_KEY, value))
+    limit = launch.max_xcom_bytes
+    return tuple(
+        (key, encode_xcom(item, key=key, task_id=launch.task_id, limit=limit))
+        for key, item in pairs
+    )
 
 
 def run_callable_task(
@@ -231,8 +242,9 @@ def run_callable_task(
     else:
         log.info("Done. Returned value not shown")
     followed = branch_followed(spec.branching, value, dag.task_ids)
-    _push_return_value(ti, task, value)
-    return ChildResult(outcome=Outcome.SUCCESS, followed=followed)
+    multiple = bool(getattr(task, "multiple_outputs", False))
+    xcoms = returned_xcoms(launch, task, value, multiple_outputs=multiple)
+    return ChildResult(outcome=Outcome.SUCCESS, followed=followed, xcoms=xcoms)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

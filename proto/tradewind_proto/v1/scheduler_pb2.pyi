@@ -172,6 +172,7 @@ class AttemptReport(_message.Message):
     FOLLOWED_FIELD_NUMBER: _builtins.int
     HAS_FOLLOWED_FIELD_NUMBER: _builtins.int
     AT_UNIX_FIELD_NUMBER: _builtins.int
+    XCOMS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     event: Global___AttemptEvent.ValueType
     exit_code: _builtins.int
@@ -184,6 +185,12 @@ class AttemptReport(_message.Message):
     def followed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """For branching tasks: the task ids followed. has_followed distinguishes "none" from "not set"."""
 
+    @_builtins.property
+    def xcoms(self) -> _containers.RepeatedCompositeFieldContainer[Global___XComEntry]:
+        """With a SUCCESS outcome: the values the task returned (return_value, and each key of
+        multiple_outputs) as JSON, stored in the transaction that records the outcome.
+        """
+
     def __init__(
         self,
         *,
@@ -195,13 +202,33 @@ class AttemptReport(_message.Message):
         followed: _abc.Iterable[_builtins.str] | None = ...,
         has_followed: _builtins.bool = ...,
         at_unix: _builtins.float = ...,
+        xcoms: _abc.Iterable[Global___XComEntry] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix", b"at_unix", "attempt", b"attempt", "error", b"error", "event", b"event", "exit_code", b"exit_code", "followed", b"followed", "has_followed", b"has_followed", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix", b"at_unix", "attempt", b"attempt", "error", b"error", "event", b"event", "exit_code", b"exit_code", "followed", b"followed", "has_followed", b"has_followed", "worker_id", b"worker_id", "xcoms", b"xcoms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
 
 Global___AttemptReport: _TypeAlias = AttemptReport  # noqa: Y015
+
+@_typing.final
+class XComEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___XComEntry: _TypeAlias = XComEntry  # noqa: Y015
 
 @_typing.final
 class AttemptReportReply(_message.Message):
