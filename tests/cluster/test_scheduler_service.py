@@ -312,12 +312,18 @@ def test_returned_values_are_stored_with_the_success_that_carries_them(cluster: 
     tis = queue_tasks(cluster.db, "a", "b")
     for name in ("a", "b"):
         report(stub, tis[name], pb.ATTEMPT_EVENT_STARTED)
-    returned = [pb.XComEntry(key="rows", value="3"), pb.XComEntry(key="return_value", value='{"rows": 3}')]
+    returned = [
+        pb.XComEntry(key="rows", value="3"),
+        pb.XComEntry(key="return_value", value='{"rows": 3}'),
+    ]
     assert report(stub, tis["a"], pb.ATTEMPT_EVENT_SUCCESS, xcoms=returned).accepted
     # values with any other outcome are not kept
     assert report(stub, tis["b"], pb.ATTEMPT_EVENT_SKIPPED, xcoms=returned).accepted
     assert xcom_rows(cluster.db) == [("a", "return_value", '{"rows": 3}'), ("a", "rows", "3")]
-    assert (ti_state(cluster.db, tis["a"]), ti_state(cluster.db, tis["b"])) == ("success", "skipped")
+    assert (ti_state(cluster.db, tis["a"]), ti_state(cluster.db, tis["b"])) == (
+        "success",
+        "skipped",
+    )
     # a resent success (lost reply) is idempotent: same rows
     assert report(stub, tis["a"], pb.ATTEMPT_EVENT_SUCCESS, xcoms=returned).accepted
     assert len(xcom_rows(cluster.db)) == 2
