@@ -185,6 +185,40 @@ def test_bash_templates_env_and_cwd(cluster: Cluster, tmp_path: Path) -> None:
     assert cluster.xcom("sh", "run") == f"events_2024 conf prod sh 2024-01-02 {tmp_path}"
 
 
+def shipped_log(cluster: Cluster, ti: int, needle: str) -> str:
+    text: str = cluster.fake.wait(
+        lambda: needle in cluster.fake.log_text(ti) and cluster.fake.log_text(ti),
+        10,
+        f"{needle!r} in the shipped log",
+    )
+    return text
+
+
+def test_a_bash_task_needing_only_the_run_context_runs_as_bash_itself(cluster: Cluster) -> None:
+    # no Python task process: bash's parent is the fork server, which also wrote the log header
+    report = cluster.run_bash(bash_dag("echo {{ run_id }} >&2; printf 'a\\nb'"), "run")
+    assert report.event == SUCCESS, report.error
+    log = shipped_log(cluster, report.attempt.ti_id, "Marking task as SUCCESS.")
+    assert "{direct_bash.py:0} INFO - Running command:" in log
+    assert f"{RUN_ID}\na\nb\n[" in log  # output as printed; the last line is ended for the log
+    assert cluster.xcom("sh", "run") == "b"
+
+
+def test_a_bash_template_calling_the_task_api_runs_in_a_task_process(cluster: Cluster) -> None:
+    report = cluster.run_bash(bash_dag("echo {{ var.value.env }}"), "run")
+    assert report.event == SUCCESS, report.error
+    log = shipped_log(cluster, report.attempt.ti_id, "Marking task as SUCCESS.")
+    assert "direct_bash.py" not in log
+    assert "Running command:" in log
+    assert cluster.xcom("sh", "run") == "prod"
+
+
+def test_a_direct_bash_return_value_over_the_limit_fails_the_try(cluster: Cluster) -> None:
+    report = cluster.run_bash(bash_dag("head -c 3000 /dev/zero | tr '\\0' x; echo"), "run")
+    assert report.event == FAILED
+    assert "more than core.max_xcom_bytes (2000)" in report.error
+
+
 def test_trace_context_reaches_the_task_process(cluster: Cluster) -> None:
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     parent = f"00-{trace_id}-00f067aa0ba902b7-01"

@@ -220,6 +220,9 @@ class WorkerSettings(_Section):
     queues: Annotated[tuple[Name, ...], NoDecode, Field(min_length=1)] = ("default",)
     shutdown_grace_s: Seconds = 30.0
     kill_grace_s: Seconds = 5.0
+    # Start a bash task whose templates need only the run context as `bash` itself, from the
+    # fork server, instead of in a forked Python task process (same log, outcome and XCom).
+    direct_bash: bool = True
     # Scheduler gRPC addresses (host:port) a worker may talk to; `--schedulers` overrides.
     schedulers: Annotated[tuple[Name, ...], NoDecode] = ()
 

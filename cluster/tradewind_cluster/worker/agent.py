@@ -84,7 +84,7 @@ class WorkerAgent:
         self._stop_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._forkserver_lost = False
-        self.forkserver = ForkServer(self._on_fork_message)
+        self.forkserver = ForkServer(self._on_fork_message, direct_bash=self.options.direct_bash)
 
     # -- start / stop ---------------------------------------------------------------------
     def start(self) -> WorkerPorts:
@@ -290,7 +290,7 @@ class WorkerAgent:
 
     def _restart_forkserver(self) -> None:
         self.forkserver.stop(timeout_s=1.0)  # reap the dead one
-        self.forkserver = ForkServer(self._on_fork_message)
+        self.forkserver = ForkServer(self._on_fork_message, direct_bash=self.options.direct_bash)
         self.forkserver.start()
         self.executor.use_spawner(self.forkserver)
         log.info("fork server restarted (pid %s)", self.forkserver.pid)

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tradewind.errors import BadInputError
@@ -34,7 +34,16 @@ from tradewind_cluster.worker.templating import (
     build_environment,
 )
 
-__all__ = ["BASH_TEMPLATE_EXT", "bash_environment", "check_cwd", "classify_exit", "run_bash_task"]
+__all__ = [
+    "BASH_TEMPLATE_EXT",
+    "BashPlan",
+    "bash_environment",
+    "bash_result",
+    "check_cwd",
+    "classify_exit",
+    "plan_bash_task",
+    "run_bash_task",
+]
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +132,24 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def run_bash_task(
-    launch: Launch, spec: TaskSpec, run: RunInfo, api: TaskApi, started: Callable[[], None]
-) -> tuple[ChildResult, int]:
-    """Render and run a BashOperator; returns its result and the command's exit code."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BashPlan:
+    """A rendered BashOperator attempt, ready to start: what to run, where, with what."""
+
+    command: str
+    env: dict[str, str]
+    context_env: dict[str, str]
+    cwd: str | None  # None: a fresh temporary directory
+    encoding: str
+    skip_codes: list[int]
+    do_xcom_push: bool
+
+
+def plan_bash_task(
+    launch: Launch, spec: TaskSpec, run: RunInfo, api: TaskApi, inherited: Mapping[str, str]
+) -> BashPlan:
+    """Render bash_command / env / cwd and work out the environment; no side effects beyond
+    what the templates call on `api` (XCom pulls, Variables)."""
     fields = spec.fields
     params = task_params(run, fields)
     task = TaskView(
@@ -164,20 +187,45 @@ def run_bash_task(
         dag_id=launch.dag_id, task_id=spec.task_id, run=run, try_number=launch.try_number,
         owner=spec.owner,
     )  # fmt: skip
-    os.environ.update(context_env)
     env = bash_environment(
         rendered.get("env"),
         append_env=bool(fields.get("append_env", False)),
-        inherited=os.environ,
+        inherited={**inherited, **context_env},
         context_env=context_env,
     )
-    encoding = str(fields.get("output_encoding") or "utf-8")
-    started()
-    code, last_line = run_command(command, env=env, cwd=cwd, encoding=encoding)
-    result = classify_exit(code, _skip_codes(fields.get("skip_on_exit_code", [99])))
-    if result.outcome is Outcome.SUCCESS and spec.do_xcom_push:
-        text = encode_xcom(
-            last_line, key=XCOM_RETURN_KEY, task_id=spec.task_id, limit=launch.max_xcom_bytes
-        )
+    return BashPlan(
+        command=command,
+        env=env,
+        context_env=context_env,
+        cwd=cwd,
+        encoding=str(fields.get("output_encoding") or "utf-8"),
+        skip_codes=_skip_codes(fields.get("skip_on_exit_code", [99])),
+        do_xcom_push=spec.do_xcom_push,
+    )
+
+
+def bash_result(
+    plan: BashPlan, code: int, last_line: str, *, task_id: str, max_xcom_bytes: int
+) -> ChildResult:
+    """The outcome of a finished command, with its last line as the return value on success
+    (XComError when that line cannot be an XCom)."""
+    result = classify_exit(code, plan.skip_codes)
+    if result.outcome is Outcome.SUCCESS and plan.do_xcom_push:
+        text = encode_xcom(last_line, key=XCOM_RETURN_KEY, task_id=task_id, limit=max_xcom_bytes)
         result = replace(result, xcoms=((XCOM_RETURN_KEY, text),))
+    return result
+
+
+def run_bash_task(
+    launch: Launch, spec: TaskSpec, run: RunInfo, api: TaskApi, started: Callable[[], None]
+) -> tuple[ChildResult, int]:
+    """Render and run a BashOperator in this task process; returns its result and the
+    command's exit code."""
+    plan = plan_bash_task(launch, spec, run, api, os.environ)
+    os.environ.update(plan.context_env)
+    started()
+    code, last_line = run_command(plan.command, env=plan.env, cwd=plan.cwd, encoding=plan.encoding)
+    result = bash_result(
+        plan, code, last_line, task_id=spec.task_id, max_xcom_bytes=launch.max_xcom_bytes
+    )
     return result, code

@@ -24,6 +24,14 @@ from dataclasses import dataclass, field
 from typing import IO, Any, NoReturn
 
 from tradewind.errors import BadInputError, RetryableError
+from tradewind_cluster.worker.bash import BashPlan
+from tradewind_cluster.worker.direct_bash import (
+    DirectBash,
+    plan_direct,
+    result_event,
+    start_direct,
+    started_event,
+)
 from tradewind_cluster.worker.launch import Launch, decode_line, encode_line
 
 __all__ = ["PRELOAD", "ForkServer", "main"]
@@ -59,12 +67,14 @@ class _Child:
 class _Server:
     """The loop inside the fork server process: one thread, one selector."""
 
-    def __init__(self, ctl_in: int, ctl_out: int) -> None:
+    def __init__(self, ctl_in: int, ctl_out: int, *, direct_bash: bool = True) -> None:
         self.ctl_in, self.ctl_out = ctl_in, ctl_out
+        self.direct_bash = direct_bash
         self.sel = selectors.DefaultSelector()
         self.children: dict[int, _Child] = {}
         self.by_key: dict[str, int] = {}
         self.by_events: dict[int, int] = {}  # event pipe fd -> pid
+        self.direct: dict[int, DirectBash] = {}  # bash attempts started without a task process
         self.inbuf = bytearray()
         self.running = True
         self.wake_r, self.wake_w = os.pipe()
@@ -115,6 +125,10 @@ class _Server:
 
     def _spawn(self, data: dict[str, Any]) -> None:
         launch = Launch.from_dict(data)
+        plan = plan_direct(launch) if self.direct_bash else None
+        if plan is not None:
+            self._spawn_direct(launch, plan)
+            return
         read_end, write_end = os.pipe()
         notes_r, notes_w = os.pipe()
         sys.stdout.flush()
@@ -139,6 +153,32 @@ class _Server:
         self.by_events[read_end] = pid
         self.sel.register(read_end, selectors.EVENT_READ, self._on_child_events)
         self.send({"ev": "spawned", "key": launch.key, "pid": pid})
+
+    def _spawn_direct(self, launch: Launch, plan: BashPlan) -> None:
+        started = started_event()
+        try:
+            attempt = start_direct(launch, plan)
+        except OSError as exc:
+            self.send(
+                {"ev": "spawn_failed", "key": launch.key, "error": f"cannot start bash: {exc}"}
+            )
+            return
+        self.direct[attempt.pid] = attempt
+        self.by_key[launch.key] = attempt.pid
+        self.send({"ev": "spawned", "key": launch.key, "pid": attempt.pid})
+        self.send({"ev": "child", "key": launch.key, "event": started})
+
+    def _finish_direct(self, attempt: DirectBash, code: int) -> None:
+        key = attempt.launch.key
+        self.by_key.pop(key, None)
+        try:
+            result = attempt.finish(code)
+        except Exception as exc:  # noqa: BLE001 - say why; the agent reports a failed attempt
+            print(f"tradewind fork server: ending {key}: {exc}", file=sys.stderr, flush=True)
+            result = None
+        if result is not None:
+            self.send({"ev": "child", "key": key, "event": result_event(result)})
+        self.send({"ev": "exited", "key": key, "pid": attempt.pid, "status": code})
 
     def _signal(self, key: str, signum: int) -> None:
         pid = self.by_key.get(key)
@@ -210,6 +250,10 @@ class _Server:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
+        direct = self.direct.pop(pid, None)
+        if direct is not None:
+            self._finish_direct(direct, os.waitstatus_to_exitcode(status))
+            return
         child = self.children.pop(pid, None)
         if child is None:
             return
@@ -223,7 +267,7 @@ class _Server:
         self.send({"ev": "exited", "key": child.key, "pid": pid, "status": code})
 
     def _kill_all(self) -> None:
-        for pid in list(self.children):
+        for pid in [*self.children, *self.direct]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
 
@@ -296,7 +340,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the agent, which drains
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the agent decides when tasks stop
     _preload(PRELOAD)
-    _Server(ctl_in, ctl_out).run()
+    _Server(ctl_in, ctl_out, direct_bash="--no-direct-bash" not in sys.argv[1:]).run()
     return 0
 
 
@@ -310,10 +354,12 @@ class ForkServer:
         *,
         python: str = sys.executable,
         start_timeout_s: float = 60.0,
+        direct_bash: bool = True,
     ) -> None:
         self._on_message = on_message
         self._python = python
         self._start_timeout_s = start_timeout_s
+        self._direct_bash = direct_bash
         self._proc: subprocess.Popen[bytes] | None = None
         self._write_lock = threading.Lock()
         self._ready = threading.Event()
@@ -328,6 +374,8 @@ class ForkServer:
     def start(self) -> None:
         """Start the process and wait until it has preloaded and is ready."""
         cmd = [self._python, "-m", "tradewind_cluster.worker.forkserver"]
+        if not self._direct_bash:
+            cmd.append("--no-direct-bash")
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._reader = threading.Thread(
             target=self._read, args=(self._proc.stdout,), name="forkserver-reader", daemon=True

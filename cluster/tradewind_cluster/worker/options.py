@@ -55,6 +55,7 @@ class WorkerOptions:
     default_timezone: str = "UTC"
     max_xcom_bytes: int = 1024 * 1024
     log_ship_interval_s: float = 1.0
+    direct_bash: bool = True  # bash tasks without a Python task process where possible
     tick_s: float = 0.05  # how often deadlines (timeouts, lease, kill grace) are checked
 
     @classmethod
@@ -72,6 +73,7 @@ class WorkerOptions:
             lease_s=w.lease_s,
             lease_margin_s=w.lease_margin_s,
             kill_grace_s=w.kill_grace_s,
+            direct_bash=w.direct_bash,
             shutdown_grace_s=w.shutdown_grace_s,
             home=core.home,
             dags_folder=core.dags_folder,

@@ -1,0 +1,185 @@
+"""BashOperator attempts the fork server starts itself: the command's `bash` is the task process,
+with no Python process between it and the fork server. Most bash tasks render their templates
+from the run context alone; those are rendered in the fork server and `bash -c` is spawned
+directly (vfork + exec: about a millisecond, where forking a warm interpreter costs ten).
+
+An attempt whose templates call the task API (an XCom pull, a Variable) or that fails to render
+takes the ordinary path, a forked task process, which does everything again and reports what
+went wrong. The fork server never opens a gRPC channel: the API here refuses every call.
+
+The log reads as the task process would write it: the same header lines, the command's output
+as it printed it, the exit code and the final state; the last line of output is the return
+value, as Airflow's BashOperator pushes it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tradewind.errors import TradewindError
+from tradewind.spec import TaskKind
+from tradewind.timezones import set_default_timezone
+from tradewind_cluster.worker.bash import BashPlan, bash_result, plan_bash_task
+from tradewind_cluster.worker.launch import ChildEvent, ChildResult, Launch, Outcome
+from tradewind_cluster.worker.runtime import decode_task
+from tradewind_cluster.worker.task_api import TaskApi
+from tradewind_cluster.worker.task_context import RunInfo
+
+__all__ = [
+    "DirectBash",
+    "NeedsTaskProcessError",
+    "plan_direct",
+    "result_event",
+    "start_direct",
+    "started_event",
+]
+
+_TAIL_BYTES = 64 * 1024
+_FORMAT = logging.Formatter("[%(asctime)s] {%(filename)s:%(lineno)d} %(levelname)s - %(message)s")
+
+
+class NeedsTaskProcessError(TradewindError):
+    """The attempt's templates call the task API: only a task process may do that."""
+
+
+class _NoApi(TaskApi):
+    """The task API as the fork server offers it: every call needs a task process."""
+
+    def _call(self, method: str, request: Any) -> Any:
+        raise NeedsTaskProcessError(f"the templates call {method}")
+
+
+@dataclass(slots=True, kw_only=True)
+class DirectBash:
+    """A bash attempt the fork server runs: its process, log and what the outcome needs."""
+
+    launch: Launch
+    plan: BashPlan
+    popen: subprocess.Popen[bytes]
+    log_fd: int
+    output_at: int  # where the command's output starts in the log
+    tmpdir: str | None
+
+    @property
+    def pid(self) -> int:
+        """The bash process (it leads its own process group)."""
+        return self.popen.pid
+
+    def finish(self, status: int) -> ChildResult | None:
+        """Close the attempt after its process was reaped with exit `status` (negative: the
+        signal that killed it). None when killed: the agent reports the signal and why."""
+        self.popen.returncode = status  # reaped by the fork server, not by Popen
+        try:
+            if status < 0:
+                return None
+            last_line = self._last_line()
+            end = os.lseek(self.log_fd, 0, os.SEEK_END)
+            if end > self.output_at and os.pread(self.log_fd, 1, end - 1) != b"\n":
+                os.write(self.log_fd, b"\n")  # output without a final newline: end its line
+            _log(self.log_fd, logging.INFO, f"Command exited with return code {status}")
+            try:
+                result = bash_result(
+                    self.plan,
+                    status,
+                    last_line,
+                    task_id=self.launch.task_id,
+                    max_xcom_bytes=self.launch.max_xcom_bytes,
+                )
+            except TradewindError as exc:
+                _log(self.log_fd, logging.ERROR, f"Task failed with exception: {exc}")
+                result = ChildResult(outcome=Outcome.FAILED, error=str(exc))
+            if result.outcome is Outcome.SKIPPED:
+                _log(self.log_fd, logging.INFO, f"Task skipped: {result.error}")
+            elif result.outcome is Outcome.FAILED and result.error:
+                _log(self.log_fd, logging.ERROR, result.error)
+            _log(self.log_fd, logging.INFO, f"Marking task as {result.outcome.value.upper()}.")
+            return result
+        finally:
+            os.close(self.log_fd)
+            if self.tmpdir is not None:
+                shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def _last_line(self) -> str:
+        """The last line the command printed ("" for none), as run_command reads it."""
+        end = os.lseek(self.log_fd, 0, os.SEEK_END)
+        start = max(self.output_at, end - _TAIL_BYTES)
+        data = os.pread(self.log_fd, end - start, start)
+        lines = data.decode(self.plan.encoding, errors="backslashreplace").splitlines()
+        return lines[-1].rstrip() if lines else ""
+
+
+def _log(fd: int, level: int, message: str) -> None:
+    record = logging.LogRecord(__name__, level, __file__, 0, message, None, None)
+    data = (_FORMAT.format(record) + "\n").encode()
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def plan_direct(launch: Launch) -> BashPlan | None:
+    """The rendered plan when the fork server can start this attempt itself, else None."""
+    try:
+        spec = decode_task(launch.task_json, launch.task_id)
+        if spec.kind is not TaskKind.BASH:
+            return None
+        set_default_timezone(launch.default_timezone)
+        run = RunInfo.parse(
+            launch.context_json, run_id=launch.run_id, logical_date=launch.logical_date
+        )
+        return plan_bash_task(launch, spec, run, _NoApi(launch), launch.env)
+    except Exception:  # noqa: BLE001 - the task process renders again and reports the failure
+        return None
+
+
+def start_direct(launch: Launch, plan: BashPlan) -> DirectBash:
+    """Write the log header and start `bash -c` in its own process group; OSError when it
+    cannot start (the caller reports the spawn failure)."""
+    os.makedirs(os.path.dirname(launch.log_path) or ".", exist_ok=True)
+    fd = os.open(launch.log_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    tmpdir = None
+    try:
+        _log(
+            fd,
+            logging.INFO,
+            f"Running <TaskInstance: {launch.dag_id}.{launch.task_id} {launch.run_id} "
+            f"[running]> try {launch.try_number} on host {launch.hostname}",
+        )
+        bash = shutil.which("bash", path=plan.env.get("PATH")) or "bash"
+        _log(fd, logging.INFO, f"Running command: {[bash, '-c', plan.command]}")
+        _log(fd, logging.INFO, "Output:")
+        cwd = plan.cwd
+        if cwd is None:
+            cwd = tmpdir = tempfile.mkdtemp(prefix="tradewindtmp")
+        output_at = os.lseek(fd, 0, os.SEEK_END)
+        popen = subprocess.Popen(
+            [bash, "-c", plan.command],
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=plan.env,
+            process_group=0,
+        )
+    except BaseException:
+        os.close(fd)
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    return DirectBash(
+        launch=launch, plan=plan, popen=popen, log_fd=fd, output_at=output_at, tmpdir=tmpdir
+    )
+
+
+def started_event() -> dict[str, Any]:
+    """The STARTED event a task process would have written."""
+    return {"kind": ChildEvent.STARTED.value, "at": time.time()}
+
+
+def result_event(result: ChildResult) -> dict[str, Any]:
+    """The RESULT event a task process would have written."""
+    return {"kind": ChildEvent.RESULT.value, "at": time.time(), **result.to_dict()}
