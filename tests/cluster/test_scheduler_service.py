@@ -329,6 +329,47 @@ def test_returned_values_are_stored_with_the_success_that_carries_them(cluster: 
     assert len(xcom_rows(cluster.db)) == 2
 
 
+def test_one_report_starts_and_ends_a_short_try(cluster: Cluster) -> None:
+    stub = cluster.stub()
+    a = queue_tasks(cluster.db, "a")["a"]
+    with cluster.db.engine.begin() as conn:  # left by an earlier try: cleared as STARTED would
+        conn.execute(
+            sa.text(
+                "INSERT INTO xcom (dag_id, run_id, task_id, key, value, created_at) "
+                "SELECT dag_id, run_id, task_id, 'old', '1', now() FROM task_instance "
+                "WHERE id = :i"
+            ),
+            {"i": a.ti_id},
+        )
+    returned = [pb.XComEntry(key="return_value", value='"v"')]
+    reply = report(
+        stub, a, pb.ATTEMPT_EVENT_SUCCESS, worker="w9", xcoms=returned,
+        at_unix=1000.25, started_at_unix=1000.0,
+    )  # fmt: skip
+    assert (reply.accepted, reply.reason) == (True, "")
+    with cluster.db.engine.connect() as conn:
+        row = conn.execute(
+            sa.text(
+                "SELECT t.state, t.try_number, t.worker, t.end_date - t.start_date AS ran, "
+                "a.state AS attempt, a.worker AS attempt_worker, a.start_date IS NOT NULL AS s "
+                "FROM task_instance t JOIN task_attempt a ON a.ti_id = t.id AND a.token = t.token "
+                "WHERE t.id = :i"
+            ),
+            {"i": a.ti_id},
+        ).one()
+    assert (row.state, row.try_number, row.worker) == ("success", 1, "w9")
+    assert row.ran.total_seconds() == pytest.approx(0.25, abs=0.01)  # by the worker's clock
+    assert (row.attempt, row.attempt_worker, row.s) == ("success", "w9", True)
+    assert xcom_rows(cluster.db) == [("a", "return_value", '"v"')]
+    # resent after a lost reply: recognised, nothing applied twice
+    again = report(
+        stub, a, pb.ATTEMPT_EVENT_SUCCESS, worker="w9", xcoms=returned,
+        at_unix=1000.25, started_at_unix=1000.0,
+    )  # fmt: skip
+    assert again.accepted
+    assert ti_state(cluster.db, a) == "success"
+
+
 def test_a_returned_value_the_store_cannot_keep_fails_the_try_with_the_reason(
     cluster: Cluster,
 ) -> None:

@@ -166,8 +166,9 @@ def test_bash_outcomes(
     assert report.event == event
     assert report.exit_code == exit_code
     assert report.error.endswith(error)
-    started = cluster.fake.reports_for(report.attempt.ti_id)[0]
-    assert started.event == scheduler_pb2.ATTEMPT_EVENT_STARTED
+    # a try shorter than worker.start_report_delay_s sends one report: its start rides along
+    assert [r.event for r in cluster.fake.reports_for(report.attempt.ti_id)] == [event]
+    assert 0 < report.started_at_unix <= report.at_unix
     if event == SUCCESS:
         assert cluster.xcom("sh", "run") == "two"  # the last line, as Airflow pushes it
 
@@ -192,6 +193,17 @@ def shipped_log(cluster: Cluster, ti: int, needle: str) -> str:
         f"{needle!r} in the shipped log",
     )
     return text
+
+
+def test_a_try_longer_than_the_start_report_delay_reports_its_start_first(
+    cluster: Cluster,
+) -> None:
+    report = cluster.run_bash(bash_dag("sleep 0.4"), "run")
+    assert report.event == SUCCESS, report.error
+    reports = cluster.fake.reports_for(report.attempt.ti_id)
+    assert [r.event for r in reports] == [scheduler_pb2.ATTEMPT_EVENT_STARTED, SUCCESS]
+    assert report.started_at_unix == 0
+    assert reports[1].at_unix - reports[0].at_unix >= 0.35
 
 
 def test_a_bash_task_needing_only_the_run_context_runs_as_bash_itself(cluster: Cluster) -> None:

@@ -5,6 +5,7 @@ supplies the XComs of tasks not run here); Variables are read from the store."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -176,6 +177,8 @@ def run_task_here(launch: Launch, task: TaskSpec, run: RunInfo, api: TaskApi) ->
             result = run_callable_task(launch, task, run, api, _started)
         else:
             return TaskOutcome(outcome=AttemptOutcome.SUCCESS)
+        for key, text in result.xcoms:  # a worker sends these with its SUCCESS report
+            api.push(key, json.loads(text))
     except AirflowSkipException as exc:
         log.info("Task skipped: %s", exc)
         return TaskOutcome(outcome=AttemptOutcome.SKIPPED, error=str(exc) or None)

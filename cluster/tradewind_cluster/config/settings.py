@@ -45,6 +45,8 @@ DEFAULT_HOME = Path("~/.tradewind")
 Port = Annotated[int, Field(ge=0, le=65535)]
 """A TCP port; 0 asks the OS for a free one."""
 Seconds = Annotated[float, Field(gt=0)]
+Delay = Annotated[float, Field(ge=0)]
+"""Seconds, where 0 means none."""
 WholeSeconds = Annotated[int, Field(gt=0)]
 Count = Annotated[int, Field(ge=1)]
 Name = Annotated[str, Field(min_length=1)]
@@ -223,6 +225,10 @@ class WorkerSettings(_Section):
     # Start a bash task whose templates need only the run context as `bash` itself, from the
     # fork server, instead of in a forked Python task process (same log, outcome and XCom).
     direct_bash: bool = True
+    # Hold a try's STARTED report this long: a try that ends sooner sends one report (start and
+    # outcome, one transaction) instead of two. Its task instance shows `queued` meanwhile.
+    # 0 sends STARTED at once.
+    start_report_delay_s: Delay = 0.1
     # Scheduler gRPC addresses (host:port) a worker may talk to; `--schedulers` overrides.
     schedulers: Annotated[tuple[Name, ...], NoDecode] = ()
 

@@ -277,6 +277,15 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self.db.transaction(lambda c: self._clear_xcoms(c, ti_id, token))
         return result
 
+    def _cleared_on_start(self, conn: Connection, result: ReportResult) -> int:
+        """A report that also started its try clears the task instance's XComs, as STARTED."""
+        start = result.attempt
+        if start is None or result.run_id is None:
+            return 0
+        return self.xcom_backend.clear(
+            conn, dag_id=start.dag_id, run_id=result.run_id, task_id=start.task_id
+        )
+
     def _clear_xcoms(self, conn: Connection, ti_id: int, token: int) -> int:
         scope = workers.attempt_scope(conn, ti_id, token)
         if scope is None or not scope.is_current or scope.ti_state != "running":
@@ -305,6 +314,14 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             error=error,
             followed=list(request.followed) if request.has_followed else None,
             xcoms=stored,
+            # the worker's own clock gives how long ago the try started, skew-free
+            started_ago_s=(
+                max(0.0, request.at_unix - request.started_at_unix)
+                if request.started_at_unix
+                else None
+            ),
+            worker_id=worker_id,
+            on_started=self._cleared_on_start,
         )
         if result.accepted:
             return result

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from tradewind.scheduling.retries import AttemptOutcome, OutcomeDecision, decide_outcome
 from tradewind.spec import TaskKind, TaskSpec
@@ -57,10 +57,19 @@ class ReportHandler:
         followed: Sequence[str] | None = None,
         at: datetime | None = None,
         xcoms: Sequence[tuple[str, str]] = (),
+        started_ago_s: float | None = None,
+        worker_id: str | None = None,
+        on_started: Callable[[Connection, ReportResult], object] | None = None,
     ) -> ReportResult:
         """The attempt ended; the core decides success / skipped / retry / failed. `xcoms` are
-        the (key, stored value) pairs it returned, kept in the same transaction on success."""
+        the (key, stored value) pairs it returned, kept in the same transaction on success.
+        `started_ago_s`: the try's STARTED was never sent (a short try) and its user code
+        started that long before this report, which then starts it too; `on_started` runs in
+        the transaction, as a STARTED report's follow-up would (clearing the try's XComs)."""
         now = at or self.ctx.clock()
+        started_at = (
+            None if started_ago_s is None else now - timedelta(seconds=max(0.0, started_ago_s))
+        )
 
         def apply(conn: Connection) -> ReportResult:
             decide = self._decider(conn, outcome, now)
@@ -74,7 +83,11 @@ class ReportHandler:
                 exit_code=exit_code,
                 error=error,
                 followed=followed,
+                started_at=started_at,
+                worker_id=worker_id,
             )
+            if result.started and on_started is not None:
+                on_started(conn, result)
             if xcoms and result.accepted and result.state is TaskInstanceState.SUCCESS:
                 store_xcom.store_returned(conn, ti_id, token, xcoms)
             # No NOTIFY: waking every replica for each finished task makes all of them run an
@@ -86,6 +99,8 @@ class ReportHandler:
         self._count(result)
         if result.accepted:
             self.on_change()
+            if result.started and result.attempt is not None and started_at is not None:
+                self._emit_start(result.attempt, started_at)
             if result.attempt is not None and result.state is not None:
                 self._emit_finish(result.attempt, result.state, now)
         return result

@@ -43,6 +43,8 @@ class ReportResult:
     state: TaskInstanceState | None = None
     run_pk: int | None = None
     attempt: AttemptStart | None = None  # the try it applied to (for the task metrics)
+    run_id: str | None = None
+    started: bool = False  # this report also started the try (its STARTED was never sent)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,16 +212,21 @@ def record_finish(
     exit_code: int | None = None,
     error: str | None = None,
     followed: Sequence[str] | None = None,
+    started_at: datetime | None = None,
+    worker_id: str | None = None,
 ) -> ReportResult:
     """running → success / skipped / up_for_retry / failed under the token, as `decide` says
-    (the caller passes the core's decide_outcome bound to the task's spec).
+    (the caller passes the core's decide_outcome bound to the task's spec). With `started_at`
+    the report covers a short try whose STARTED was never sent: queued → outcome directly, the
+    try counted and its start recorded as record_start would have.
 
     Lock order dag_run → task_instance, as the examiner's: the run row is locked first (waiting
     for an examination of that run in progress), then the task instance is changed by a
-    compare-and-set on (token, running). Three round trips: lock and read, update, history."""
+    compare-and-set on (token, state). Three round trips: lock and read, update, history."""
     cur = conn.execute(
         sa.select(
             ti.c.run_pk,
+            ti.c.run_id,
             ti.c.token,
             ti.c.state,
             ti.c.dag_id,
@@ -237,47 +244,70 @@ def record_finish(
     ).first()
     if cur is None:
         return ReportResult(accepted=False, reason=f"unknown task instance {ti_id}")
-    if cur.token != token or cur.state != "running":
+    starts = started_at is not None and cur.state == "queued"
+    if cur.token != token or (cur.state != "running" and not starts):
         return _refused(cur.state, cur.token, token)
     start = AttemptStart(
         dag_id=cur.dag_id,
         task_id=cur.task_id,
-        try_number=cur.try_number,
+        try_number=cur.try_number + 1 if starts else cur.try_number,
         max_tries=cur.max_tries,
         operator=cur.operator,
         queue=cur.queue,
         queued_at=cur.queued_at,
-        start_date=cur.start_date,
+        start_date=started_at if starts else cur.start_date,
     )
     decision = decide(start)
+    values: dict[str, object] = {
+        "state": decision.to_state.value,
+        "end_date": now,
+        "next_retry_at": decision.next_retry_at,
+        "followed": list(followed) if followed is not None else None,
+        "reason": decision.reason,
+        "updated_at": now,
+    }
+    history: dict[str, object] = {
+        "state": outcome.value,
+        "end_date": now,
+        "exit_code": exit_code,
+        "error": error,
+    }
+    if starts:
+        values.update(
+            try_number=start.try_number,
+            worker=worker_id,
+            start_date=started_at,
+            heartbeat_at=now,
+        )
+        history.update(start_date=started_at, worker=worker_id)
     # The run is locked, the task instance is not: the compare-and-set below is the fence.
     changed = conn.execute(
         sa.update(ti)
-        .where(ti.c.id == ti_id, ti.c.token == token, ti.c.state == "running")
-        .values(
-            state=decision.to_state.value,
-            end_date=now,
-            next_retry_at=decision.next_retry_at,
-            followed=list(followed) if followed is not None else None,
-            reason=decision.reason,
-            updated_at=now,
-        )
+        .where(ti.c.id == ti_id, ti.c.token == token, ti.c.state == cur.state)
+        .values(**values)
     ).rowcount
     if changed != 1:
         return _refusal(conn, ti_id, token)
-    history = (
+    kept = (
         sa.update(task_attempt)
         .where(task_attempt.c.ti_id == ti_id, task_attempt.c.token == token)
-        .values(state=outcome.value, end_date=now, exit_code=exit_code, error=error)
+        .values(**history)
         .cte("history")
     )
     conn.execute(
         sa.update(dag_run)
         .where(dag_run.c.id == cur.run_pk, dag_run.c.state == "running")
         .values(examine_after=now)
-        .add_cte(history)
+        .add_cte(kept)
     )
-    return ReportResult(accepted=True, state=decision.to_state, run_pk=cur.run_pk, attempt=start)
+    return ReportResult(
+        accepted=True,
+        state=decision.to_state,
+        run_pk=cur.run_pk,
+        attempt=start,
+        run_id=cur.run_id,
+        started=starts,
+    )
 
 
 def heartbeat_attempts(

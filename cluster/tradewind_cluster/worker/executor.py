@@ -104,6 +104,10 @@ class Attempt:
     span: Any = None
     pid: int | None = None
     started_at: float | None = None
+    # STARTED not yet sent (wall time user code started): sent at start_due, or folded into
+    # the final report if the try ends first
+    start_held_at: float | None = None
+    start_due: float | None = None
     result: ChildResult | None = None
     kill_kind: KillKind | None = None
     kill_reason: str | None = None
@@ -258,12 +262,17 @@ class Executor:
 
     def _child_event(self, key: str, event: dict[str, Any]) -> None:
         kind = event.get("kind")
+        at = float(event.get("at") or time.time())
+        delay = self.options.start_report_delay_s
         with self._lock:
             attempt = self._running.get(key)
             if attempt is None:
                 return
             if kind == ChildEvent.STARTED:
                 attempt.started_at = self._clock()
+                if delay > 0:
+                    # A try that ends within the delay sends one report, not two.
+                    attempt.start_held_at, attempt.start_due = at, attempt.started_at + delay
             elif kind == ChildEvent.RESULT:
                 try:
                     attempt.result = ChildResult.from_dict(event)
@@ -272,14 +281,29 @@ class Executor:
                 return
             else:
                 return
-        at = float(event.get("at") or time.time())
         log.debug(
             "attempt %s: user code started %.1f ms after Execute",
             key,
             (at - attempt.received_wall) * 1000,
             extra={"event": "attempt_started", "attempt": key},
         )
-        self._submit(_traced(attempt, started_report(attempt.order.ti_id, attempt.order.token, at)))
+        if delay <= 0:
+            self._submit(
+                _traced(attempt, started_report(attempt.order.ti_id, attempt.order.token, at))
+            )
+
+    def _send_held_starts(self, now: float) -> None:
+        """STARTED of tries still running after start_report_delay_s."""
+        due: list[tuple[Attempt, float]] = []
+        with self._lock:
+            for attempt in self._running.values():
+                held = attempt.start_held_at
+                if held is not None and attempt.start_due is not None and now >= attempt.start_due:
+                    attempt.start_held_at = attempt.start_due = None
+                    due.append((attempt, held))
+        for attempt, at in due:
+            o = attempt.order
+            self._submit(_traced(attempt, started_report(o.ti_id, o.token, at)))
 
     def _finish(self, key: str, *, status: int | None, spawn_error: str | None = None) -> None:
         with self._lock:
@@ -287,6 +311,7 @@ class Executor:
             if attempt is None:
                 return
             attempt.exit_status = status
+            held, attempt.start_held_at, attempt.start_due = attempt.start_held_at, None, None
             self._recent[key] = attempt
             while len(self._recent) > _RECENT:
                 self._recent.popitem(last=False)
@@ -299,6 +324,7 @@ class Executor:
                 status=status,
                 kill_reason=attempt.kill_reason,
                 spawn_error=spawn_error,
+                started_at_unix=held or 0.0,
             )
             self._submit(_traced(attempt, report))
         attempt.done.set()
@@ -358,8 +384,10 @@ class Executor:
             log.error("cannot signal attempt %s: %s", key, exc)
 
     def tick(self) -> None:
-        """Enforce execution timeouts and SIGKILL whatever outlived its grace."""
+        """Send STARTED reports held long enough, enforce execution timeouts and SIGKILL
+        whatever outlived its grace."""
         now = self._clock()
+        self._send_held_starts(now)
         to_term: list[Attempt] = []
         to_kill: list[str] = []
         with self._lock:

@@ -56,6 +56,7 @@ class WorkerOptions:
     max_xcom_bytes: int = 1024 * 1024
     log_ship_interval_s: float = 1.0
     direct_bash: bool = True  # bash tasks without a Python task process where possible
+    start_report_delay_s: float = 0.0  # hold STARTED this long: a shorter try sends one report
     tick_s: float = 0.05  # how often deadlines (timeouts, lease, kill grace) are checked
 
     @classmethod
@@ -74,6 +75,7 @@ class WorkerOptions:
             lease_margin_s=w.lease_margin_s,
             kill_grace_s=w.kill_grace_s,
             direct_bash=w.direct_bash,
+            start_report_delay_s=w.start_report_delay_s,
             shutdown_grace_s=w.shutdown_grace_s,
             home=core.home,
             dags_folder=core.dags_folder,

@@ -32,6 +32,7 @@ class PendingReport:
     has_followed: bool = False
     at_unix: float = 0.0
     xcoms: tuple[tuple[str, str], ...] = ()  # (key, JSON) returned, with a SUCCESS outcome
+    started_at_unix: float = 0.0  # an outcome whose STARTED was never sent: when it started
     traceparent: str | None = None  # the attempt's task.execute span, sent as gRPC metadata
 
     @property
@@ -56,6 +57,7 @@ class PendingReport:
             has_followed=self.has_followed,
             at_unix=self.at_unix,
             xcoms=[scheduler_pb2.XComEntry(key=k, value=v) for k, v in self.xcoms],
+            started_at_unix=self.started_at_unix,
         )
 
 
@@ -88,6 +90,7 @@ def final_report(
     kill_reason: str | None,
     spawn_error: str | None = None,
     at_unix: float | None = None,
+    started_at_unix: float = 0.0,
 ) -> PendingReport:
     """The final report. A success or skip the task process reported stands even when a kill
     raced it; otherwise the attempt failed, with the kill reason first and the exit status."""
@@ -105,6 +108,7 @@ def final_report(
             has_followed=followed is not None,
             at_unix=at,
             xcoms=result.xcoms if result.outcome is Outcome.SUCCESS else (),
+            started_at_unix=started_at_unix,
         )
     parts = [p for p in (kill_reason, spawn_error) if p]
     if result is not None and result.error:
@@ -120,4 +124,5 @@ def final_report(
         exit_code=exit_code,
         error="; ".join(parts),
         at_unix=at,
+        started_at_unix=started_at_unix,
     )

@@ -173,12 +173,18 @@ class AttemptReport(_message.Message):
     HAS_FOLLOWED_FIELD_NUMBER: _builtins.int
     AT_UNIX_FIELD_NUMBER: _builtins.int
     XCOMS_FIELD_NUMBER: _builtins.int
+    STARTED_AT_UNIX_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     event: Global___AttemptEvent.ValueType
     exit_code: _builtins.int
     error: _builtins.str
     has_followed: _builtins.bool
     at_unix: _builtins.float
+    started_at_unix: _builtins.float
+    """Set on an outcome whose STARTED was never sent (a try that ended within the worker's
+    start_report_delay_s): when user code started, by the worker's clock (at_unix is the end,
+    by the same clock). The scheduler records the start and the outcome in one transaction.
+    """
     @_builtins.property
     def attempt(self) -> _common_pb2.AttemptRef: ...
     @_builtins.property
@@ -203,10 +209,11 @@ class AttemptReport(_message.Message):
         has_followed: _builtins.bool = ...,
         at_unix: _builtins.float = ...,
         xcoms: _abc.Iterable[Global___XComEntry] | None = ...,
+        started_at_unix: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix", b"at_unix", "attempt", b"attempt", "error", b"error", "event", b"event", "exit_code", b"exit_code", "followed", b"followed", "has_followed", b"has_followed", "worker_id", b"worker_id", "xcoms", b"xcoms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix", b"at_unix", "attempt", b"attempt", "error", b"error", "event", b"event", "exit_code", b"exit_code", "followed", b"followed", "has_followed", b"has_followed", "started_at_unix", b"started_at_unix", "worker_id", b"worker_id", "xcoms", b"xcoms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
 
 Global___AttemptReport: _TypeAlias = AttemptReport  # noqa: Y015
