@@ -199,3 +199,44 @@ def test_concurrent_replicas_never_exceed_any_limit(database: Database) -> None:
         ).one()
     assert left == 0
     assert attempts[0] == attempts[1] == 6 * 3 * 6  # every TI queued exactly once
+
+
+def test_few_free_slots_weigh_few_candidates_but_a_held_back_dag_starves_no_other(
+    database: Database,
+) -> None:
+    def setup(conn: sa.Connection) -> None:
+        _pool(conn, "p", 100)
+        insert_dag(conn, "busy", max_active_tasks=1)
+        insert_dag(conn, "other")
+        busy, other = insert_run(conn, "busy"), insert_run(conn, "other")
+        insert_ti(conn, busy, "running", state="running", pool="p")
+        # 40 higher-priority candidates the DAG limit holds back, then one that can go
+        for i in range(40):
+            insert_ti(conn, busy, f"b{i:02d}", state="scheduled", pool="p", priority_weight=100)
+        insert_ti(conn, other, "o", state="scheduled", pool="p", priority_weight=1)
+        insert_ti(conn, other, "o2", state="scheduled", pool="p", priority_weight=1)
+
+    database.transaction(setup)
+    # one free worker slot: the first look weighs 32 candidates, all held back by "busy"'s
+    # max_active_tasks; the second look reaches "other"
+    outcome = database.transaction(
+        lambda c: queue_pool(
+            c, "p", member_id="m", decide=admit, now=NOW, queue_open={"default": 1}
+        )
+    )
+    assert outcome is not None
+    assert [(q.dag_id, q.task_id) for q in outcome.queued] == [("other", "o")]
+    assert outcome.looked == 42  # 2 of "other" and 40 of "busy"
+    # with free slots to spare the first look is enough
+    database.transaction(
+        lambda c: c.execute(
+            sa.text("UPDATE task_instance SET state = 'success' WHERE task_id = 'o'")
+        )
+    )
+    outcome = database.transaction(
+        lambda c: queue_pool(
+            c, "p", member_id="m", decide=admit, now=NOW, queue_open={"default": 20}
+        )
+    )
+    assert outcome is not None
+    assert [q.task_id for q in outcome.queued] == ["o2"]

@@ -27,6 +27,8 @@ __all__ = ["QueueReport", "Queuer"]
 
 log = logging.getLogger(__name__)
 
+SKIP_FULL_AT_MOST_S = 10.0
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueReport:
@@ -49,12 +51,16 @@ class Queuer:
         self._queue_open = queue_open  # free worker slots per queue (None: unknown, no limit)
         self._last_queue_open: Mapping[str, int] | None = None
         self._explained: dict[tuple[str, str, str], float] = {}
+        self._last_full_check = float("-inf")
 
     def run_once(
         self, now: datetime | None = None, pools: frozenset[str] | None = None
     ) -> QueueReport:
         """One critical section per pool with scheduled work (or the pools given)."""
         now = now or self.ctx.clock()
+        queue_open = self._last_queue_open = self._queue_open()
+        if self._all_slots_taken(queue_open):
+            return QueueReport()
         todo = (
             sorted(pools)
             if pools is not None
@@ -63,7 +69,6 @@ class Queuer:
         self.ctx.rng.shuffle(todo)
         queued: list[QueuedAttempt] = []
         busy = starving = 0
-        queue_open = self._last_queue_open = self._queue_open()
         with self.ctx.metrics.timer("scheduler.critical_section_duration"):
             for name in todo:
                 started_ns = time.time_ns()
@@ -80,6 +85,19 @@ class Queuer:
         self.ctx.metrics.gauge("scheduler.tasks.executable", len(queued))
         self.ctx.metrics.gauge("scheduler.tasks.starving", starving)
         return QueueReport(queued=tuple(queued), busy_pools=busy, starving=starving)
+
+    def _all_slots_taken(self, queue_open: Mapping[str, int] | None) -> bool:
+        """Every live worker's slots are taken: no candidate can be admitted, so the critical
+        section (which locks and weighs every scheduled task instance) is skipped. A finished
+        attempt reported here refreshes the view at once. Every SKIP_FULL_AT_MOST_S the section
+        runs anyway, for the starvation gauges and the log of queues no worker serves."""
+        if not queue_open or any(queue_open.values()):
+            return False
+        now = time.monotonic()
+        if now - self._last_full_check < SKIP_FULL_AT_MOST_S:
+            return True
+        self._last_full_check = now
+        return False
 
     def _one(
         self,

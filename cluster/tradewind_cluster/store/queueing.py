@@ -17,7 +17,7 @@ Also the pools' slot figures (Airflow's Pool.slots_stats) the pool gauges report
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -39,6 +39,8 @@ ti = task_instance
 _ACTIVE = ("queued", "running")
 _DAG_LOCK_SPACE = 0x7477_0001  # advisory lock namespace of per-DAG admission
 _PARALLELISM_LOCK = (0x7477_0002, 0)
+# With N free worker slots the section first weighs max(2N, this) candidates.
+_FIRST_LOOK = 32
 
 Decide = Callable[[Sequence[Candidate], Capacity], Admission]
 
@@ -97,6 +99,7 @@ class PoolOutcome:
     queued: tuple[QueuedAttempt, ...]
     admission: Admission | None  # None when there was nothing to decide
     skipped_dags: frozenset[str]  # DAGs another replica was admitting for
+    looked: int = 0  # scheduled task instances locked and weighed
 
 
 def pools_with_scheduled(conn: Connection, *, limit: int = 256) -> list[str]:
@@ -303,24 +306,81 @@ def queue_pool(
     queue_open: Mapping[str, int] | None = None,
 ) -> PoolOutcome | None:
     """Run the critical section for one pool (see the module docstring for the locks).
-    Returns None when another replica holds the pool; the caller moves on to other pools."""
-    cands = _lock_candidates(conn, pool_name, max_tis)
+    Returns None when another replica holds the pool; the caller moves on to other pools.
+
+    With few free worker slots only the first few candidates (by priority) are locked and
+    weighed; if those cannot fill the free slots (a DAG or task limit holds them back) the
+    section looks again at up to max_tis, so a limit on one DAG never starves the others."""
+    free = None if queue_open is None else sum(queue_open.values())
+    first = max_tis if free is None else min(max_tis, max(2 * free, _FIRST_LOOK))
+    outcome = _queue_pool(
+        conn, pool_name, member_id=member_id, decide=decide, now=now, limit=first,
+        parallelism=parallelism, queue_open=queue_open,
+    )  # fmt: skip
+    if (
+        outcome is None
+        or outcome.admission is None
+        or first >= max_tis
+        or outcome.looked < first
+        or free is None
+        or len(outcome.queued) >= free
+    ):
+        return outcome
+    more = _queue_pool(
+        conn, pool_name, member_id=member_id, decide=decide, now=now, limit=max_tis,
+        parallelism=parallelism, queue_open=_less(queue_open, outcome.queued),
+    )  # fmt: skip
+    if more is None or more.admission is None:
+        return outcome
+    return replace(more, queued=outcome.queued + more.queued)
+
+
+def _less(
+    queue_open: Mapping[str, int] | None, queued: Sequence[QueuedAttempt]
+) -> Mapping[str, int] | None:
+    """Free slots per queue once `queued` take theirs."""
+    if queue_open is None:
+        return None
+    left = dict(queue_open)
+    for a in queued:
+        if a.queue in left:
+            left[a.queue] = max(0, left[a.queue] - 1)
+    return left
+
+
+def _queue_pool(
+    conn: Connection,
+    pool_name: str,
+    *,
+    member_id: str,
+    decide: Decide,
+    now: datetime,
+    limit: int,
+    parallelism: int | None,
+    queue_open: Mapping[str, int] | None,
+) -> PoolOutcome | None:
+    cands = _lock_candidates(conn, pool_name, limit)
     if not cands:
         return PoolOutcome(pool=pool_name, queued=(), admission=None, skipped_dags=frozenset())
     exists, total = _lock_pool(conn, pool_name)
     if exists and total is None:
         return None
+    looked = len(cands)
     locked = _lock_dags(conn, [c.dag_id for c in cands])
     skipped = frozenset({c.dag_id for c in cands} - locked)
     cands = [c for c in cands if c.dag_id in locked]
     if not exists:
         admission = decide(cands, Capacity(pools={}))  # every candidate: pool does not exist
-        return PoolOutcome(pool=pool_name, queued=(), admission=admission, skipped_dags=skipped)
+        return PoolOutcome(
+            pool=pool_name, queued=(), admission=admission, skipped_dags=skipped, looked=looked
+        )
     assert total is not None
     capacity = _capacity(conn, pool_name, total, cands, parallelism, queue_open)
     admission = decide(cands, capacity)
     queued = _queue(conn, admission.admitted, member_id, now)
-    return PoolOutcome(pool=pool_name, queued=queued, admission=admission, skipped_dags=skipped)
+    return PoolOutcome(
+        pool=pool_name, queued=queued, admission=admission, skipped_dags=skipped, looked=looked
+    )
 
 
 def pool_slots(conn: Connection, *, limit: int = 1000) -> list[PoolSlots]:
