@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck contracts pytest fmt venv clean protos bench
+.PHONY: run test lint typecheck contracts pytest fmt venv clean protos bench bench-full
 
 venv: $(STAMP)
 
@@ -40,8 +40,16 @@ fmt: $(STAMP)
 protos: $(STAMP)
 	$(BIN)/python -m tradewind_proto.generate
 
+# The issue-8 reference figures: 2 schedulers, 2 workers, quick profile (a few minutes).
 bench: $(STAMP)
-	$(BIN)/python -m loadtest run chain --profile quick
+	$(BIN)/python -m loadtest run chain --profile quick --workers 2
+	$(BIN)/python -m loadtest run fanout --profile quick --workers 2
+
+# Every scenario at full size (about 15 minutes on 2 cores); figures in docs/performance.md.
+bench-full: $(STAMP)
+	set -e; for s in chain tree fanout cron worker-loss partition; do \
+	  $(BIN)/python -m loadtest run $$s --profile full --workers 2; done
+	$(BIN)/python -m loadtest run failover --profile full --workers 2 --restart
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -45,22 +45,30 @@ def test_non_transient_errors_are_not_retried(database: Database) -> None:
     assert calls == [1]
 
 
-def test_read_runs_in_a_read_only_transaction_and_leaves_the_connection_writable(
+def test_read_runs_without_a_transaction_and_leaves_the_connection_transactional(
     database: Database,
 ) -> None:
-    def write(conn: sa.Connection) -> None:
-        conn.execute(sa.text("INSERT INTO variable (key, val) VALUES ('ro', 'x')"))
+    def xids(conn: sa.Connection) -> tuple[object, object]:
+        first = conn.execute(sa.text("SELECT txid_current()")).scalar()  # assigns an id
+        return first, conn.execute(sa.text("SELECT pg_current_xact_id_if_assigned()")).scalar()
 
-    with pytest.raises(sa.exc.InternalError, match="read-only transaction"):
-        database.read(write)
+    # each statement of a read commits on its own: the second runs in a new transaction
+    first, second = database.read(xids)
+    assert first is not None
+    assert second is None
+    # in a transaction both statements share one
+    first, second = database.transaction(xids)
+    assert str(first) == str(second)
+
+    def write(conn: sa.Connection) -> None:
+        conn.execute(sa.text("INSERT INTO variable (key, val) VALUES ('tx', 'x')"))
+        raise RuntimeError("roll back")
+
+    # the pooled connection goes back to transactions: a failed write leaves nothing behind
+    with pytest.raises(RuntimeError):
+        database.transaction(write)
     assert (
-        database.read(lambda c: c.execute(sa.text("SHOW transaction_read_only")).scalar()) == "on"
-    )
-    # the pooled connection goes back read-write for the next transaction
-    database.transaction(write)
-    assert (
-        database.transaction(lambda c: c.execute(sa.text("SHOW transaction_read_only")).scalar())
-        == "off"
+        database.read(lambda c: c.execute(sa.text("SELECT count(*) FROM variable")).scalar()) == 0
     )
 
 

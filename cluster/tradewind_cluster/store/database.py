@@ -133,8 +133,10 @@ class Database:
         return self._run(fn, attempts=attempts, readonly=False)
 
     def read(self, fn: Callable[[Connection], T]) -> T:
-        """Run fn in a read-only transaction with the same retries. The driver opens it with
-        BEGIN READ ONLY: no extra round trip, and a write in it fails."""
+        """Run fn's reads with the same retries, each statement on its own (autocommit): under
+        READ COMMITTED a transaction gives several statements no common snapshot anyway, and
+        this saves the BEGIN and COMMIT round trips. fn must not write (nothing would roll it
+        back): reads that must see one snapshot, or that lock, belong in transaction()."""
         return self._run(fn, attempts=None, readonly=True)
 
     def _run(self, fn: Callable[[Connection], T], *, attempts: int | None, readonly: bool) -> T:
@@ -142,7 +144,7 @@ class Database:
             for attempt in self._retrying(attempts):
                 with attempt, self.engine.connect() as conn:
                     if readonly:
-                        conn = conn.execution_options(postgresql_readonly=True)
+                        return fn(conn.execution_options(isolation_level="AUTOCOMMIT"))
                     with conn.begin():
                         return fn(conn)
         raise AssertionError("unreachable")  # pragma: no cover
