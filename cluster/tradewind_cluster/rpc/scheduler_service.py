@@ -21,6 +21,7 @@ from opentelemetry.trace import SpanKind
 
 from tradewind.errors import BadInputError, StoreUnavailableError
 from tradewind.scheduling.retries import AttemptOutcome
+from tradewind.states import TaskInstanceState
 from tradewind_cluster.config import Settings
 from tradewind_cluster.observability.tracing import extract_context, tracer
 from tradewind_cluster.scheduler.reports import ReportHandler
@@ -277,14 +278,23 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self.db.transaction(lambda c: self._clear_xcoms(c, ti_id, token))
         return result
 
-    def _cleared_on_start(self, conn: Connection, result: ReportResult) -> int:
-        """A report that also started its try clears the task instance's XComs, as STARTED."""
+    def _keep_returned(
+        self, ti_id: int, token: int, stored: Sequence[tuple[str, str]], conn: Connection,
+        result: ReportResult,
+    ) -> None:  # fmt: skip
+        """In the report's transaction: a try this report also started loses its older XComs
+        (as STARTED clears them), and a success keeps what it returned. With the database
+        backend (nothing kept elsewhere to purge) that is one statement."""
         start = result.attempt
-        if start is None or result.run_id is None:
-            return 0
-        return self.xcom_backend.clear(
-            conn, dag_id=start.dag_id, run_id=result.run_id, task_id=start.task_id
-        )
+        keep = stored if result.state is TaskInstanceState.SUCCESS else ()
+        if result.started and start is not None and result.run_id is not None:
+            scope = {"dag_id": start.dag_id, "run_id": result.run_id, "task_id": start.task_id}
+            if type(self.xcom_backend) is DatabaseXComBackend:
+                store_xcom.replace_task_xcoms(conn, values=keep, **scope)
+                return
+            self.xcom_backend.clear(conn, **scope)
+        if keep:
+            store_xcom.store_returned(conn, ti_id, token, keep)
 
     def _clear_xcoms(self, conn: Connection, ti_id: int, token: int) -> int:
         scope = workers.attempt_scope(conn, ti_id, token)
@@ -313,7 +323,6 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             exit_code=request.exit_code,
             error=error,
             followed=list(request.followed) if request.has_followed else None,
-            xcoms=stored,
             # the worker's own clock gives how long ago the try started, skew-free
             started_ago_s=(
                 max(0.0, request.at_unix - request.started_at_unix)
@@ -321,7 +330,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 else None
             ),
             worker_id=worker_id,
-            on_started=self._cleared_on_start,
+            on_applied=functools.partial(self._keep_returned, ti_id, token, stored),
         )
         if result.accepted:
             return result

@@ -13,7 +13,6 @@ from tradewind.spec import TaskKind, TaskSpec
 from tradewind.states import TaskInstanceState
 from tradewind_cluster.scheduler.context import SchedulerContext
 from tradewind_cluster.store import attempts as store_attempts
-from tradewind_cluster.store import xcom as store_xcom
 from tradewind_cluster.store.attempts import AttemptStart, ReportResult
 from tradewind_cluster.store.database import Connection
 
@@ -56,16 +55,15 @@ class ReportHandler:
         error: str | None = None,
         followed: Sequence[str] | None = None,
         at: datetime | None = None,
-        xcoms: Sequence[tuple[str, str]] = (),
         started_ago_s: float | None = None,
         worker_id: str | None = None,
-        on_started: Callable[[Connection, ReportResult], object] | None = None,
+        on_applied: Callable[[Connection, ReportResult], object] | None = None,
     ) -> ReportResult:
-        """The attempt ended; the core decides success / skipped / retry / failed. `xcoms` are
-        the (key, stored value) pairs it returned, kept in the same transaction on success.
+        """The attempt ended; the core decides success / skipped / retry / failed.
         `started_ago_s`: the try's STARTED was never sent (a short try) and its user code
-        started that long before this report, which then starts it too; `on_started` runs in
-        the transaction, as a STARTED report's follow-up would (clearing the try's XComs)."""
+        started that long before this report, which then starts it too. `on_applied` runs in
+        the transaction once the report was accepted (the caller stores the values the try
+        returned there, and clears the older ones of a try this report started)."""
         now = at or self.ctx.clock()
         started_at = (
             None if started_ago_s is None else now - timedelta(seconds=max(0.0, started_ago_s))
@@ -86,10 +84,8 @@ class ReportHandler:
                 started_at=started_at,
                 worker_id=worker_id,
             )
-            if result.started and on_started is not None:
-                on_started(conn, result)
-            if xcoms and result.accepted and result.state is TaskInstanceState.SUCCESS:
-                store_xcom.store_returned(conn, ti_id, token, xcoms)
+            if result.accepted and on_applied is not None:
+                on_applied(conn, result)
             # No NOTIFY: waking every replica for each finished task makes all of them run an
             # iteration for work one will do. This replica wakes its own loop (on_change);
             # should it die first, examine_after=now is due and any replica's idle wait ends.

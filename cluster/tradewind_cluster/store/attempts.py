@@ -281,25 +281,40 @@ def record_finish(
         )
         history.update(start_date=started_at, worker=worker_id)
     # The run is locked, the task instance is not: the compare-and-set below is the fence.
-    changed = conn.execute(
+    # One statement: the task instance, then (only if it changed) the attempt's history and
+    # the run's next examination.
+    changed = (
         sa.update(ti)
         .where(ti.c.id == ti_id, ti.c.token == token, ti.c.state == cur.state)
         .values(**values)
-    ).rowcount
-    if changed != 1:
-        return _refusal(conn, ti_id, token)
+        .returning(ti.c.id)
+        .cte("changed")
+    )
     kept = (
         sa.update(task_attempt)
-        .where(task_attempt.c.ti_id == ti_id, task_attempt.c.token == token)
+        .where(
+            task_attempt.c.ti_id == ti_id,
+            task_attempt.c.token == token,
+            sa.exists(sa.select(changed.c.id)),
+        )
         .values(**history)
         .cte("history")
     )
-    conn.execute(
+    rearmed = (
         sa.update(dag_run)
-        .where(dag_run.c.id == cur.run_pk, dag_run.c.state == "running")
+        .where(
+            dag_run.c.id == cur.run_pk,
+            dag_run.c.state == "running",
+            sa.exists(sa.select(changed.c.id)),
+        )
         .values(examine_after=now)
-        .add_cte(kept)
+        .cte("rearmed")
     )
+    done = conn.execute(
+        sa.select(sa.func.count()).select_from(changed).add_cte(kept).add_cte(rearmed)
+    ).scalar_one()
+    if done != 1:
+        return _refusal(conn, ti_id, token)
     return ReportResult(
         accepted=True,
         state=decision.to_state,

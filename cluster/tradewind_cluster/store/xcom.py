@@ -24,6 +24,7 @@ __all__ = [
     "newest_xcom",
     "pull_xcoms",
     "push_xcom",
+    "replace_task_xcoms",
     "store_returned",
 ]
 
@@ -124,6 +125,40 @@ def store_returned(
             )
         ).rowcount
     return stored
+
+
+def replace_task_xcoms(
+    conn: Connection, *, dag_id: str, run_id: str, task_id: str, values: Sequence[tuple[str, str]]
+) -> None:
+    """One statement: delete the task instance's XComs except `values`' keys, and store
+    `values` (a new try starting and ending in one report, with the database backend)."""
+    keys = [k for k, _ in values]
+    scope = (x.c.dag_id == dag_id, x.c.run_id == run_id, x.c.task_id == task_id)
+    gone = sa.delete(x).where(*scope)
+    if keys:
+        gone = gone.where(x.c.key.not_in(keys))
+    if not values:
+        conn.execute(gone)
+        return
+    insert = pg_insert(x).values(
+        [
+            {
+                "dag_id": dag_id,
+                "run_id": run_id,
+                "task_id": task_id,
+                "key": k,
+                "value": v,
+                "created_at": sa.func.clock_timestamp(),
+            }
+            for k, v in values
+        ]
+    )
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=[x.c.dag_id, x.c.run_id, x.c.task_id, x.c.key],
+            set_={"value": insert.excluded.value, "created_at": insert.excluded.created_at},
+        ).add_cte(gone.cte("gone"))
+    )
 
 
 def check_value(key: str, value: str, max_bytes: int) -> str | None:
