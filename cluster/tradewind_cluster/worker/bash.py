@@ -28,11 +28,7 @@ from tradewind_cluster.worker.task_context import (
     build_context,
     task_params,
 )
-from tradewind_cluster.worker.templating import (
-    Renderer,
-    TemplateOptions,
-    build_environment,
-)
+from tradewind_cluster.worker.templating import Renderer, shared_environment
 
 __all__ = [
     "BASH_TEMPLATE_EXT",
@@ -170,9 +166,8 @@ def plan_bash_task(
         run=run, dag_id=launch.dag_id, task_id=spec.task_id, dag=dag, task=task, ti=ti,
         params=params, try_number=launch.try_number,
     )  # fmt: skip
-    options = TemplateOptions(searchpath=(os.path.dirname(launch.fileloc) or ".",))
     renderer = Renderer(
-        build_environment(options),
+        shared_environment((os.path.dirname(launch.fileloc) or ".",)),
         context,
         lambda task_id, key: ti.pull_for_xcomarg(task_id, key, {}),
         task_id=spec.task_id,

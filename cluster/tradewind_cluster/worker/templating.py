@@ -6,6 +6,7 @@ pulled values (which are not rendered again)."""
 from __future__ import annotations
 
 import datetime as _datetime
+import functools
 import json
 import logging
 import random
@@ -33,6 +34,7 @@ __all__ = [
     "ds_add",
     "ds_format",
     "macros_namespace",
+    "shared_environment",
 ]
 
 log = logging.getLogger(__name__)
@@ -157,6 +159,28 @@ def build_environment(options: TemplateOptions) -> jinja2.Environment:
     return env
 
 
+_COMPILED_MAX = 512
+
+
+def _compiled(env: jinja2.Environment, text: str) -> jinja2.Template:
+    """env.from_string(text), kept on the environment: a long-lived environment (the fork
+    server's, for bash tasks) compiles each distinct template once, not once per task."""
+    cache: dict[str, jinja2.Template] = env.__dict__.setdefault("_tradewind_compiled", {})
+    template = cache.get(text)
+    if template is None:
+        if len(cache) >= _COMPILED_MAX:
+            cache.clear()
+        template = cache[text] = env.from_string(text)
+    return template
+
+
+@functools.lru_cache(maxsize=64)
+def shared_environment(searchpath: tuple[str, ...]) -> jinja2.Environment:
+    """One default environment per search path, for a process that renders many tasks'
+    templates (the fork server rendering bash tasks, which take no DAG-defined macros)."""
+    return build_environment(TemplateOptions(searchpath=searchpath))
+
+
 def _is_reference(value: Mapping[Any, Any]) -> bool:
     return len(value) == 1 and XCOMARG_MARKER in value
 
@@ -246,7 +270,7 @@ class Renderer:
             # No delimiter, so Jinja would only drop one trailing newline: skip compiling
             # (a millisecond per string on the path to user code).
             return text[:-1] if text.endswith("\n") and not self.env.keep_trailing_newline else text
-        return self.env.from_string(text).render(self.context)
+        return _compiled(self.env, text).render(self.context)
 
     def _render_nested(self, value: Any, seen: set[int]) -> None:
         # An object with its own template_fields (e.g. a helper class) is rendered in place.
