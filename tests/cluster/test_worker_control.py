@@ -84,7 +84,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "2",
         "--queues",
         "default,spark",
-        env={"TRADEWIND__RPC__MAX_MESSAGE_BYTES": str(MAX_MESSAGE)},
+        env={
+            "TRADEWIND__RPC__MAX_MESSAGE_BYTES": str(MAX_MESSAGE),
+            "TRADEWIND__CORE__MAX_XCOM_BYTES": str(MAX_MESSAGE // 4),  # returned values fit
+        },
     )
     client = WorkerClient(worker.ports["grpc"])
     try:
@@ -110,6 +113,17 @@ def test_execution_timeout_kills_the_attempt(cluster: Cluster) -> None:
     assert report.error.startswith("Task timed out: execution_timeout of 1s exceeded")
     assert ti not in cluster.running()
     assert "Task timed out" in cluster.log(ti)
+
+
+def test_a_bash_attempt_gets_the_sigterm_that_ends_it_and_can_trap_it(cluster: Cluster) -> None:
+    # bash started straight from the fork server must not inherit an ignored SIGTERM
+    command = "trap 'echo got-term; exit 7' TERM; sleep 30 & wait"
+    ti, reply = cluster.execute(command, execution_timeout=timedelta(seconds=1))
+    assert reply.accepted
+    report = cluster.fake.final_report(ti)
+    assert report.event == FAILED
+    assert report.exit_code == 7  # its trap ran: SIGTERM arrived before the SIGKILL
+    assert "got-term" in cluster.log(ti)
 
 
 def test_unwanted_attempts_are_killed_and_not_reported(cluster: Cluster) -> None:

@@ -225,6 +225,27 @@ def test_a_bash_template_calling_the_task_api_runs_in_a_task_process(cluster: Cl
     assert cluster.xcom("sh", "run") == "prod"
 
 
+def test_a_variable_with_a_default_in_a_bash_template_reads_the_real_variable(
+    cluster: Cluster,
+) -> None:
+    report = cluster.run_bash(bash_dag("echo {{ var.value.get('env', 'dev') }}"), "run")
+    assert report.event == SUCCESS, report.error
+    assert cluster.xcom("sh", "run") == "prod"
+
+
+def test_the_bash_return_value_is_the_last_newline_separated_line(cluster: Cluster) -> None:
+    report = cluster.run_bash(bash_dag("printf 'x\\na\\rb  \\n'"), "run")
+    assert report.event == SUCCESS, report.error
+    assert cluster.xcom("sh", "run") == "a\rb"  # a carriage return does not end a line
+
+
+def test_bash_that_cannot_start_fails_the_try_with_the_reason(cluster: Cluster) -> None:
+    report = cluster.run_bash(bash_dag("true", env={"PATH": "/nonexistent"}), "run")
+    assert report.event == FAILED
+    assert "cannot start bash" in report.error
+    assert report.started_at_unix > 0  # the try counts as started, so it may retry
+
+
 def test_a_direct_bash_return_value_over_the_limit_fails_the_try(cluster: Cluster) -> None:
     report = cluster.run_bash(bash_dag("head -c 3000 /dev/zero | tr '\\0' x; echo"), "run")
     assert report.event == FAILED

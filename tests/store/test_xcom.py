@@ -262,3 +262,28 @@ def test_the_base_backend_says_what_a_subclass_must_implement() -> None:
         NotImplementedError, match="BaseXComBackend does not implement deserialize_value"
     ):
         BaseXComBackend().deserialize_value(record)
+
+
+def test_replacing_a_task_instances_xcoms_keeps_the_last_of_a_repeated_key(
+    database: Database,
+) -> None:
+    def setup(conn: sa.Connection) -> None:
+        insert_dag(conn, "d")
+        run = insert_run(conn, "d", run_id="r")
+        insert_ti(conn, run, "t")
+        conn.execute(
+            sa.text(
+                "INSERT INTO xcom (dag_id, run_id, task_id, key, value, created_at) VALUES "
+                "('d', 'r', 't', 'stale', '0', now()), ('d', 'r', 't', 'rows', '1', now())"
+            )
+        )
+
+    database.transaction(setup)
+    values = [("rows", "2"), ("return_value", '{"a": 1}'), ("return_value", '{"a": 2}')]
+    database.transaction(
+        lambda c: store_xcom.replace_task_xcoms(
+            c, dag_id="d", run_id="r", task_id="t", values=values
+        )
+    )
+    rows = database.read(lambda c: store_xcom.list_xcoms(c, dag_id="d", run_id="r"))
+    assert sorted((r.key, r.value) for r in rows) == [("return_value", '{"a": 2}'), ("rows", "2")]

@@ -395,3 +395,11 @@ def test_advertise_host_is_explicit_else_the_bind_address_else_the_hostname() ->
     assert advertise_host(Settings(rpc={"advertise_host": "w1.example"}).rpc) == "w1.example"
     assert advertise_host(Settings().rpc) == "127.0.0.1"  # bound to one interface: advertise it
     assert advertise_host(Settings(rpc={"bind_host": "0.0.0.0"}).rpc) == socket.gethostname()
+
+
+def test_returned_xcoms_must_fit_in_one_report(base_env: dict[str, str]) -> None:
+    env = {**base_env, "TRADEWIND__CORE__MAX_XCOM_BYTES": str(3 * 1024 * 1024)}
+    message = load_error(env)
+    assert "rpc.max_message_bytes (4194304) must be at least twice core.max_xcom_bytes" in message
+    env["TRADEWIND__RPC__MAX_MESSAGE_BYTES"] = str(7 * 1024 * 1024)
+    assert load_settings(env=env).core.max_xcom_bytes == 3 * 1024 * 1024

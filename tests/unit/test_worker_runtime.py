@@ -285,3 +285,24 @@ def test_lease_is_held_for_lease_s_after_the_heartbeat_was_sent() -> None:
     lease.renew(98.0)  # an older heartbeat's late answer does not extend it
     now[0] = 103.0
     assert lease.expired()
+
+
+def test_returned_values_become_xcoms_and_a_repeated_key_keeps_the_last() -> None:
+    from tradewind_cluster.worker.launch import Launch
+    from tradewind_cluster.worker.runtime import returned_xcoms
+
+    launch = Launch(
+        ti_id=1, token=1, dag_id="d", run_id="r", task_id="t", try_number=1,
+        logical_date="2024-01-01T00:00:00+00:00", fileloc="", file_hash="", task_json="",
+        context_json="", queue="default", log_path="", dags_folder="",
+    )  # fmt: skip
+
+    class Task:
+        do_xcom_push = True
+
+    value = {"return_value": 1, "rows": 2}
+    got = returned_xcoms(launch, Task(), value, multiple_outputs=True)
+    assert got == (("return_value", '{"return_value": 1, "rows": 2}'), ("rows", "2"))
+    assert returned_xcoms(launch, Task(), None) == ()
+    Task.do_xcom_push = False
+    assert returned_xcoms(launch, Task(), "x") == ()

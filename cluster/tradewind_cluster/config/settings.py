@@ -45,6 +45,7 @@ DEFAULT_HOME = Path("~/.tradewind")
 Port = Annotated[int, Field(ge=0, le=65535)]
 """A TCP port; 0 asks the OS for a free one."""
 Seconds = Annotated[float, Field(gt=0)]
+_REPORT_ENVELOPE = 64 * 1024  # a report's own fields around the values a task returned
 Delay = Annotated[float, Field(ge=0)]
 """Seconds, where 0 means none."""
 WholeSeconds = Annotated[int, Field(gt=0)]
@@ -381,6 +382,13 @@ class Settings(BaseSettings):
                 f"scheduler.heartbeat_interval_s ({scheduler.heartbeat_interval_s:g}) must be less "
                 f"than scheduler.health_threshold_s ({scheduler.health_threshold_s:g}): a healthy "
                 "scheduler would otherwise look dead between two heartbeats"
+            )
+        returned = 2 * self.core.max_xcom_bytes + _REPORT_ENVELOPE
+        if returned > self.rpc.max_message_bytes:
+            raise ValueError(
+                f"rpc.max_message_bytes ({self.rpc.max_message_bytes}) must be at least twice "
+                f"core.max_xcom_bytes plus 64 KiB ({returned}): a task's returned values "
+                "(return_value and, with multiple_outputs, each key) travel in one report"
             )
         return self
 

@@ -131,7 +131,9 @@ def replace_task_xcoms(
     conn: Connection, *, dag_id: str, run_id: str, task_id: str, values: Sequence[tuple[str, str]]
 ) -> None:
     """One statement: delete the task instance's XComs except `values`' keys, and store
-    `values` (a new try starting and ending in one report, with the database backend)."""
+    `values` (a new try starting and ending in one report, with the database backend). A key
+    given twice keeps its last value (one INSERT may not touch a row twice)."""
+    values = list(dict(values).items())
     keys = [k for k, _ in values]
     scope = (x.c.dag_id == dag_id, x.c.run_id == run_id, x.c.task_id == task_id)
     gone = sa.delete(x).where(*scope)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tradewind.errors import TradewindError
+from tradewind.models import clear_task_runtime, install_task_runtime
 from tradewind.spec import TaskKind
 from tradewind.timezones import set_default_timezone
 from tradewind_cluster.worker.bash import BashPlan, bash_result, plan_bash_task
@@ -106,12 +107,23 @@ class DirectBash:
                 shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     def _last_line(self) -> str:
-        """The last line the command printed ("" for none), as run_command reads it."""
-        end = os.lseek(self.log_fd, 0, os.SEEK_END)
-        start = max(self.output_at, end - _TAIL_BYTES)
-        data = os.pread(self.log_fd, end - start, start)
-        lines = data.decode(self.plan.encoding, errors="backslashreplace").splitlines()
-        return lines[-1].rstrip() if lines else ""
+        """The last line the command printed ("" for none), as Airflow's readline loop sees
+        it: split on newlines only, trailing whitespace stripped. Read backwards from the end;
+        a line too long to be an XCom anyway is not read further."""
+        start, pos = self.output_at, os.lseek(self.log_fd, 0, os.SEEK_END)
+        if pos > start and os.pread(self.log_fd, 1, pos - 1) == b"\n":
+            pos -= 1
+        limit = 4 * self.launch.max_xcom_bytes + _TAIL_BYTES
+        line = b""
+        while pos > start and len(line) <= limit:
+            size = min(_TAIL_BYTES, pos - start)
+            chunk = os.pread(self.log_fd, size, pos - size)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                line = chunk[cut + 1 :] + line
+                break
+            line, pos = chunk + line, pos - size
+        return line.decode(self.plan.encoding, errors="backslashreplace").rstrip()
 
 
 def _log(fd: int, level: int, message: str) -> None:
@@ -131,7 +143,14 @@ def plan_direct(launch: Launch) -> BashPlan | None:
         run = RunInfo.parse(
             launch.context_json, run_id=launch.run_id, logical_date=launch.logical_date
         )
-        return plan_bash_task(launch, spec, run, _NoApi(launch), launch.env)
+        api = _NoApi(launch)
+        # Variable.get (var.value / var.json, with or without a default) asks the API, which
+        # refuses here: such templates render in a task process, with the real values.
+        install_task_runtime(variables=api)
+        try:
+            return plan_bash_task(launch, spec, run, api, launch.env)
+        finally:
+            clear_task_runtime()
     except Exception:  # noqa: BLE001 - the task process renders again and reports the failure
         return None
 

@@ -293,17 +293,15 @@ class Executor:
             )
 
     def _send_held_starts(self, now: float) -> None:
-        """STARTED of tries still running after start_report_delay_s."""
-        due: list[tuple[Attempt, float]] = []
+        """STARTED of tries still running after start_report_delay_s. Submitted under the lock,
+        so a final report of the same try (taken under it too) always queues after it."""
         with self._lock:
             for attempt in self._running.values():
                 held = attempt.start_held_at
                 if held is not None and attempt.start_due is not None and now >= attempt.start_due:
                     attempt.start_held_at = attempt.start_due = None
-                    due.append((attempt, held))
-        for attempt, at in due:
-            o = attempt.order
-            self._submit(_traced(attempt, started_report(o.ti_id, o.token, at)))
+                    o = attempt.order
+                    self._submit(_traced(attempt, started_report(o.ti_id, o.token, held)))
 
     def _finish(self, key: str, *, status: int | None, spawn_error: str | None = None) -> None:
         with self._lock:

@@ -32,7 +32,7 @@ from tradewind_cluster.worker.direct_bash import (
     start_direct,
     started_event,
 )
-from tradewind_cluster.worker.launch import Launch, decode_line, encode_line
+from tradewind_cluster.worker.launch import ChildResult, Launch, Outcome, decode_line, encode_line
 
 __all__ = ["PRELOAD", "ForkServer", "main"]
 
@@ -159,9 +159,11 @@ class _Server:
         try:
             attempt = start_direct(launch, plan)
         except OSError as exc:
-            self.send(
-                {"ev": "spawn_failed", "key": launch.key, "error": f"cannot start bash: {exc}"}
-            )
+            # As a task process whose Popen failed: the try started and failed (and may retry).
+            failed = ChildResult(outcome=Outcome.FAILED, error=f"cannot start bash: {exc}")
+            self.send({"ev": "child", "key": launch.key, "event": started})
+            self.send({"ev": "child", "key": launch.key, "event": result_event(failed)})
+            self.send({"ev": "exited", "key": launch.key, "pid": 0, "status": 1})
             return
         self.direct[attempt.pid] = attempt
         self.by_key[launch.key] = attempt.pid
@@ -329,6 +331,10 @@ def _preload(modules: tuple[str, ...]) -> None:
     gc.freeze()
 
 
+def _not_for_us(signum: int, frame: object) -> None:
+    """SIGINT / SIGTERM reach the fork server with its group; only the agent stops it."""
+
+
 def main() -> int:
     """Entry point of `python -m tradewind_cluster.worker.forkserver`."""
     # The control pipes move off fds 0/1, so a stray print can never corrupt the protocol.
@@ -337,8 +343,11 @@ def main() -> int:
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.close(null)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the agent, which drains
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the agent decides when tasks stop
+    # Ctrl-C reaches the agent, which drains; the agent decides when tasks stop. Caught, not
+    # ignored (SIG_IGN): an ignored signal stays ignored across exec, and the bash processes
+    # spawned from here must die of (or trap) the SIGTERM that ends their attempt.
+    signal.signal(signal.SIGINT, _not_for_us)
+    signal.signal(signal.SIGTERM, _not_for_us)
     _preload(PRELOAD)
     _Server(ctl_in, ctl_out, direct_bash="--no-direct-bash" not in sys.argv[1:]).run()
     return 0

@@ -147,12 +147,15 @@ class LogShipper:
         with self._lock:
             items = list(self._tracked.items())
         budget = self._budget
-        batch: list[tuple[str, _Shipping, int, int]] = []  # key, shipping, bytes, chunks
+        # key, shipping, bytes, chunks, and whether it had ended when its bytes were read: only
+        # then is "nothing left" final (it may write its last lines while the call is out)
+        batch: list[tuple[str, _Shipping, int, int, bool]] = []
         chunks: list[scheduler_pb2.LogChunk] = []
         for key, shipping in items:
             if budget <= 0:
                 break
-            data = self._pending(shipping, budget)
+            ended = shipping.final
+            data = self._pending(shipping, budget, final=ended)
             pieces = split_utf8(data, CHUNK_BYTES)
             ref = common_pb2.AttemptRef(ti_id=shipping.ti_id, token=shipping.token)
             chunks.extend(
@@ -164,7 +167,7 @@ class LogShipper:
                 )
                 for i, piece in enumerate(pieces)
             )
-            batch.append((key, shipping, len(data), len(pieces)))
+            batch.append((key, shipping, len(data), len(pieces), ended))
             budget -= len(data)
         if chunks:
             try:
@@ -176,7 +179,7 @@ class LogShipper:
             except (RetryableError, BadInputError) as exc:
                 log.debug("log shipping deferred: %s", exc)
                 return 0
-        for key, shipping, size, count in batch:
+        for key, shipping, size, count, ended in batch:
             shipping.offset += size
             shipping.seq += count
             with self._lock:
@@ -185,14 +188,14 @@ class LogShipper:
                     self._next_seq.move_to_end(shipping.path)
                     while len(self._next_seq) > _SEQ_MEMORY:
                         self._next_seq.popitem(last=False)
-                if shipping.final and size == 0:
+                if ended and size == 0:
                     self._tracked.pop(key, None)
         return len(chunks)
 
-    def _pending(self, shipping: _Shipping, budget: int) -> bytes:
+    def _pending(self, shipping: _Shipping, budget: int, *, final: bool) -> bytes:
         """The attempt's bytes not yet shipped, never ending inside a character while it runs."""
         data, _ = read_chunks(shipping.path, shipping.offset, budget)
-        cut = len(data) if shipping.final else utf8_complete(data)
+        cut = len(data) if final else utf8_complete(data)
         return data[:cut]
 
     def run(self, stop: threading.Event, interval_s: float) -> None:

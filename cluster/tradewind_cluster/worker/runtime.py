@@ -195,9 +195,12 @@ def returned_xcoms(
         pairs.extend(split_multiple_outputs(value).items())
     pairs.append((XCOM_RETURN_KEY, value))
     limit = launch.max_xcom_bytes
+    # A key pushed twice (a multiple_outputs dict with a "return_value" key) keeps the last
+    # value, as two pushes in a row would.
+    last = dict(pairs)
     return tuple(
         (key, encode_xcom(item, key=key, task_id=launch.task_id, limit=limit))
-        for key, item in pairs
+        for key, item in last.items()
     )
 
 
