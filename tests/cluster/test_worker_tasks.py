@@ -233,6 +233,16 @@ def test_a_variable_with_a_default_in_a_bash_template_reads_the_real_variable(
     assert cluster.xcom("sh", "run") == "prod"
 
 
+def test_a_slow_bash_template_renders_in_a_task_process_not_the_fork_server(
+    cluster: Cluster,
+) -> None:
+    report = cluster.run_bash(bash_dag("echo {{ macros.time.sleep(0.3) or 'slow' }}"), "run")
+    assert report.event == SUCCESS, report.error
+    assert cluster.xcom("sh", "run") == "slow"
+    log = shipped_log(cluster, report.attempt.ti_id, "Marking task as SUCCESS.")
+    assert "direct_bash.py" not in log
+
+
 def test_the_bash_return_value_is_the_last_newline_separated_line(cluster: Cluster) -> None:
     report = cluster.run_bash(bash_dag("printf 'x\\na\\rb  \\n'"), "run")
     assert report.event == SUCCESS, report.error

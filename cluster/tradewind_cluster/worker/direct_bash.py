@@ -13,12 +13,15 @@ value, as Airflow's BashOperator pushes it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +36,7 @@ from tradewind_cluster.worker.task_api import TaskApi
 from tradewind_cluster.worker.task_context import RunInfo
 
 __all__ = [
+    "RENDER_BUDGET_S",
     "DirectBash",
     "NeedsTaskProcessError",
     "plan_direct",
@@ -42,6 +46,10 @@ __all__ = [
 ]
 
 _TAIL_BYTES = 64 * 1024
+# Templates render in the single-threaded fork server: one that takes longer than this (a
+# sleep, a huge loop) is abandoned there and rendered again in a task process, so it cannot
+# hold up every other spawn, signal and reap on the worker.
+RENDER_BUDGET_S = 0.1
 _FORMAT = logging.Formatter("[%(asctime)s] {%(filename)s:%(lineno)d} %(levelname)s - %(message)s")
 
 
@@ -148,11 +156,44 @@ def plan_direct(launch: Launch) -> BashPlan | None:
         # refuses here: such templates render in a task process, with the real values.
         install_task_runtime(variables=api)
         try:
-            return plan_bash_task(launch, spec, run, api, launch.env)
+            with _time_limit(RENDER_BUDGET_S):
+                return plan_bash_task(launch, spec, run, api, launch.env)
         finally:
             clear_task_runtime()
     except Exception:  # noqa: BLE001 - the task process renders again and reports the failure
         return None
+
+
+class _RenderTimeoutError(Exception):
+    """Rendering in the fork server took longer than RENDER_BUDGET_S."""
+
+
+_armed = False
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    if _armed:  # a late alarm, after the render, must not interrupt the server loop
+        raise _RenderTimeoutError
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Interrupt the block after `seconds` (SIGALRM; the fork server is single-threaded). An
+    interval timer set before is put back with what was left of it."""
+    global _armed
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    began = time.monotonic()
+    _armed = True
+    left, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        _armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if left > 0:
+            remaining = max(left - (time.monotonic() - began), 0.001)
+            signal.setitimer(signal.ITIMER_REAL, remaining, interval)
 
 
 def start_direct(launch: Launch, plan: BashPlan) -> DirectBash:

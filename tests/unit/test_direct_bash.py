@@ -1,0 +1,54 @@
+"""Bash attempts the fork server renders itself: which ones it takes, and that a template too
+slow for it (or one needing the task API) goes to a task process instead."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+from tradewind.dag import DAG
+from tradewind.operators.bash import BashOperator
+from tradewind.serialization import dag_to_spec, spec_to_dict
+from tradewind_cluster.worker.direct_bash import RENDER_BUDGET_S, plan_direct
+from tradewind_cluster.worker.launch import Launch
+
+
+def _launch(command: str) -> Launch:
+    with DAG("d", schedule=None) as dag:
+        BashOperator(task_id="t", bash_command=command)
+    task = spec_to_dict(dag_to_spec(dag))["dag"]["tasks"][0]
+    return Launch(
+        ti_id=1, token=1, dag_id="d", run_id="r", task_id="t", try_number=1,
+        logical_date="2024-01-02T00:00:00+00:00", fileloc="/dags/d.py", file_hash="",
+        task_json=json.dumps(task), context_json="{}", queue="default", log_path="",
+        dags_folder="/dags", env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+
+
+def test_a_template_of_the_run_context_is_rendered_here() -> None:
+    plan = plan_direct(_launch("echo {{ ds }} {{ run_id }}"))
+    assert plan is not None
+    assert plan.command == "echo 2024-01-02 r"
+    assert plan.env["AIRFLOW_CTX_DAG_ID"] == "d"
+
+
+def test_templates_calling_the_task_api_go_to_a_task_process() -> None:
+    for command in (
+        "echo {{ ti.xcom_pull(task_ids='a') }}",
+        "echo {{ var.value.get('env', 'dev') }}",
+        "echo {{ var.json.get('cfg', {}) }}",
+    ):
+        assert plan_direct(_launch(command)) is None, command
+
+
+def test_a_slow_template_is_abandoned_here_within_the_budget() -> None:
+    handler = signal.getsignal(signal.SIGALRM)
+    had_timer = signal.getitimer(signal.ITIMER_REAL)[0] > 0  # pytest-timeout's, if any
+    started = time.monotonic()
+    assert plan_direct(_launch("echo {{ macros.time.sleep(2) }}")) is None
+    assert time.monotonic() - started < RENDER_BUDGET_S + 1.0
+    # the previous handler and timer are back: a fast plan still works after it
+    assert signal.getsignal(signal.SIGALRM) == handler
+    assert (signal.getitimer(signal.ITIMER_REAL)[0] > 0) == had_timer
+    assert plan_direct(_launch("echo ok")) is not None
