@@ -90,6 +90,35 @@ def test_triggered_chain_with_skip_and_empty_runs_to_success(database: Database,
     }
 
 
+def test_attempts_of_a_dispatch_pass_that_failed_are_dispatched_next_pass(  # type: ignore[no-untyped-def]
+    database: Database, replica
+) -> None:
+    loop, _ = replica
+    with DAG("flaky", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        BashOperator(task_id="a", bash_command="true")
+    now = datetime.now(UTC)
+    trigger(database, register(database, dag, now=now), now - timedelta(minutes=1))
+    real = loop.dispatch._requests
+    failures = []
+
+    def once(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not failures:  # the store goes away after the attempt was queued
+            failures.append(1)
+            raise RuntimeError("connection lost")
+        return real(*args, **kwargs)
+
+    loop.dispatch._requests = once  # type: ignore[method-assign]
+    deadline = time.monotonic() + 20
+    errors: list[str] = []
+    while run_state(database, "flaky") != ["success"]:
+        assert time.monotonic() < deadline, (states(database, "flaky"), errors)
+        errors += loop.run_once().errors.values()
+        time.sleep(0.01)
+    assert failures == [1]
+    assert errors == ["RuntimeError: connection lost"]  # one failed pass, then dispatched
+    assert not loop.dispatch.has_pending()
+
+
 def test_failure_retries_then_fails_the_run_and_all_done_still_runs(
     database: Database, replica
 ) -> None:  # type: ignore[no-untyped-def]

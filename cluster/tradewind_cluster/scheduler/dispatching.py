@@ -14,6 +14,7 @@ from tradewind.spec import DagSpec, TaskSpec
 from tradewind_cluster.scheduler.context import SchedulerContext
 from tradewind_cluster.store import attempts as store_attempts
 from tradewind_cluster.store import runs as store_runs
+from tradewind_cluster.store import workers as store_workers
 from tradewind_cluster.store.database import Connection
 from tradewind_cluster.store.queueing import QueuedAttempt
 from tradewind_cluster.store.snapshots import RunRow
@@ -82,18 +83,32 @@ class DispatchStep:
     def __init__(self, ctx: SchedulerContext, dispatcher: Dispatcher) -> None:
         self.ctx = ctx
         self.dispatcher = dispatcher
+        # Attempts this replica queued whose dispatch pass failed before its answers were
+        # stored (the store went away): tried again next pass, not left queued until
+        # scheduler.queued_timeout_s. Execute is idempotent per (ti_id, token).
+        self._pending: dict[tuple[int, int], QueuedAttempt] = {}
+
+    def has_pending(self) -> bool:
+        """An earlier pass failed part-way: run_once must be called even with nothing new."""
+        return bool(self._pending)
 
     def run_once(
         self, queued: Sequence[QueuedAttempt], now: datetime | None = None
     ) -> list[DispatchResult]:
-        """Dispatch the given attempts; failures are requeued."""
-        if not queued:
+        """Dispatch the given attempts (and those of a pass that failed); failures are
+        requeued."""
+        retried = list(self._pending.values())
+        todo = {**self._pending, **{(q.ti_id, q.token): q for q in queued}}
+        if not todo:
             return []
+        self._pending = todo  # until this pass has stored the workers' answers
         now = now or self.ctx.clock()
-        requests = self.ctx.db.read(lambda c: self._requests(c, queued))
+        queued = list(todo.values())
+        requests = self.ctx.db.read(lambda c: self._requests(c, queued, recheck=retried))
         results = self.dispatcher.dispatch(requests) if requests else []
         accepted_at = self.ctx.clock()
         self.ctx.db.transaction(lambda c: self._apply(c, results, now))
+        self._pending = {}
         for q in queued:
             self.ctx.metrics.incr("scheduler.tasks.dispatched", queue=q.queue)
         self._emit_latency(queued, results, accepted_at)
@@ -110,7 +125,16 @@ class DispatchStep:
                 latency = max(0.0, (at - q.queued_at).total_seconds())
                 self.ctx.metrics.timing("scheduler.dispatch.latency", latency, queue=q.queue)
 
-    def _requests(self, conn: Connection, queued: Sequence[QueuedAttempt]) -> list[DispatchRequest]:
+    def _requests(
+        self,
+        conn: Connection,
+        queued: Sequence[QueuedAttempt],
+        recheck: Sequence[QueuedAttempt] = (),
+    ) -> list[DispatchRequest]:
+        if recheck:  # retried: only those still queued under that token and not yet accepted
+            wanted = {(q.ti_id, q.token) for q in recheck}
+            still = store_workers.undispatched(conn, sorted(wanted))
+            queued = [q for q in queued if (q.ti_id, q.token) not in wanted - still]
         specs = self.ctx.specs.get_many(conn, [q.dag_id for q in queued])
         runs = store_runs.runs_by_key(conn, [(q.dag_id, q.run_id) for q in queued])
         out: list[DispatchRequest] = []

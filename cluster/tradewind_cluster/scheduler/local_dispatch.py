@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from tradewind.errors import StoreUnavailableError
 from tradewind.scheduling.retries import AttemptOutcome
 from tradewind.spec import TaskKind
+from tradewind.states import TaskInstanceState
 from tradewind_cluster.scheduler.dispatching import DispatchRequest, DispatchResult
 from tradewind_cluster.scheduler.reports import ReportHandler
 from tradewind_cluster.store.attempts import ReportResult
@@ -102,7 +103,10 @@ class LocalDispatcher:
         started = self._report(
             lambda: self.reports.started(a.ti_id, a.token, worker_id=self.worker_id)
         )
-        if not started.accepted:
+        # Refused as already running under this token: only this executor was given the token,
+        # so an earlier try of this same report committed and its answer was lost (the store
+        # went away mid-commit). Run it, as the worker agent's duplicate STARTED is accepted.
+        if not started.accepted and started.state is not TaskInstanceState.RUNNING:
             return
         try:
             result = self._execute(req)

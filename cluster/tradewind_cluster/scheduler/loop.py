@@ -128,8 +128,9 @@ class SchedulerLoop:
             created = self._step(report, "create_runs", self.creator.run_once)
             examined = self._step(report, "examine", self.examiner.run_once)
             queued = self._step(report, "queue", self.queuer.run_once)
-            if queued is not None and queued.queued:
-                self._step(report, "dispatch", lambda: self.dispatch.run_once(queued.queued))
+            fresh = queued.queued if queued is not None else ()
+            if fresh or self.dispatch.has_pending():
+                self._step(report, "dispatch", lambda: self.dispatch.run_once(fresh))
             kept = self._step(report, "housekeeping", self.housekeeper.run_once)
         report.busy = bool(
             (created and (created.created or created.started))
