@@ -220,12 +220,17 @@ def test_database_outage_turns_replicas_unhealthy_then_healthy(
         with admin.connect() as conn:
             conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
         wait_until(lambda: all(health_of(p) == 200 for p in procs), 30, "healthy again")
-        wait_until(
-            lambda: scalar(db_url, "SELECT count(*) FROM dag_run WHERE state = 'success'") == 3,
-            60,
-            "runs to finish after the outage",
-            interval=0.5,
-        )
+        try:
+            wait_until(
+                lambda: scalar(db_url, "SELECT count(*) FROM dag_run WHERE state = 'success'") == 3,
+                60,
+                "runs to finish after the outage",
+                interval=0.5,
+            )
+        except AssertionError as exc:  # say where the work stands, for a failure seen in CI
+            tis = rows(db_url, "SELECT dag_id, task_id, state, token, reason FROM task_instance")
+            logs = "\n".join(p.log()[-3000:] for p in procs)
+            raise AssertionError(f"{exc}\ntask instances: {tis}\nreplica logs:\n{logs}") from None
         assert all(p.popen.poll() is None for p in procs)
     finally:
         with admin.connect() as conn:
