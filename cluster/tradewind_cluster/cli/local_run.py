@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tradewind.exceptions import AirflowSkipException
@@ -21,14 +21,12 @@ from tradewind_cluster.cli.local_dag import LocalDag
 from tradewind_cluster.store.database import Database
 from tradewind_cluster.store.variables import get_variable
 from tradewind_cluster.store.xcom import pull_xcoms
-from tradewind_cluster.worker.bash import BASH_TEMPLATE_EXT, run_bash_task
+from tradewind_cluster.worker.bash import bash_renderer, run_bash_task
 from tradewind_cluster.worker.launch import Launch
 from tradewind_cluster.worker.runtime import describe_error, load_task, run_callable_task
 from tradewind_cluster.worker.task_api import RuntimeTaskInstance, TaskApi, encode_xcom
 from tradewind_cluster.worker.task_context import (
-    DagView,
     RunInfo,
-    TaskView,
     build_context,
     task_params,
 )
@@ -193,37 +191,7 @@ def run_task_here(launch: Launch, task: TaskSpec, run: RunInfo, api: TaskApi) ->
 
 
 def _render_bash(launch: Launch, task: TaskSpec, run: RunInfo, api: TaskApi) -> dict[str, Any]:
-    params = task_params(run, task.fields)
-    view = TaskView(
-        task_id=task.task_id,
-        dag_id=launch.dag_id,
-        operator_name=task.operator,
-        owner=task.owner,
-        queue=task.queue,
-        pool=task.pool,
-        retries=task.retries,
-        params=params,
-    )
-    dag = DagView(dag_id=launch.dag_id, fileloc=launch.fileloc, params=dict(run.params))
-    ti = RuntimeTaskInstance(api, task=view, logical_date=run.logical_date, hostname="")
-    context = build_context(
-        run=run,
-        dag_id=launch.dag_id,
-        task_id=task.task_id,
-        dag=dag,
-        task=view,
-        ti=ti,
-        params=params,
-        try_number=launch.try_number,
-    )
-    options = TemplateOptions(searchpath=(os.path.dirname(launch.fileloc) or ".",))
-    renderer = Renderer(
-        build_environment(options),
-        context,
-        lambda task_id, key: ti.pull_for_xcomarg(task_id, key, {}),
-        task_id=task.task_id,
-        template_ext=BASH_TEMPLATE_EXT,
-    )
+    renderer = bash_renderer(replace(launch, hostname=""), task, run, api)
     rendered = renderer.render_mapping(task.fields, task.template_fields)
     return {name: rendered.get(name) for name in task.template_fields}
 

@@ -130,20 +130,20 @@ class Database:
     def transaction(self, fn: Callable[[Connection], T], *, attempts: int | None = None) -> T:
         """Run fn in one read-write transaction, retrying the whole of it on transient errors
         (up to `attempts` times; the configured retry_max_attempts by default)."""
-        return self._run(fn, attempts=attempts, readonly=False)
+        return self._run(fn, attempts=attempts, autocommit=False)
 
     def read(self, fn: Callable[[Connection], T]) -> T:
         """Run fn's reads with the same retries, each statement on its own (autocommit): under
         READ COMMITTED a transaction gives several statements no common snapshot anyway, and
         this saves the BEGIN and COMMIT round trips. fn must not write (nothing would roll it
         back): reads that must see one snapshot, or that lock, belong in transaction()."""
-        return self._run(fn, attempts=None, readonly=True)
+        return self._run(fn, attempts=None, autocommit=True)
 
-    def _run(self, fn: Callable[[Connection], T], *, attempts: int | None, readonly: bool) -> T:
+    def _run(self, fn: Callable[[Connection], T], *, attempts: int | None, autocommit: bool) -> T:
         with unavailable_as_error():
             for attempt in self._retrying(attempts):
                 with attempt, self.engine.connect() as conn:
-                    if readonly:
+                    if autocommit:
                         return fn(conn.execution_options(isolation_level="AUTOCOMMIT"))
                     with conn.begin():
                         return fn(conn)

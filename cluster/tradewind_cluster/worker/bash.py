@@ -34,6 +34,7 @@ __all__ = [
     "BASH_TEMPLATE_EXT",
     "BashPlan",
     "bash_environment",
+    "bash_renderer",
     "bash_result",
     "check_cwd",
     "classify_exit",
@@ -141,13 +142,10 @@ class BashPlan:
     do_xcom_push: bool
 
 
-def plan_bash_task(
-    launch: Launch, spec: TaskSpec, run: RunInfo, api: TaskApi, inherited: Mapping[str, str]
-) -> BashPlan:
-    """Render bash_command / env / cwd and work out the environment; no side effects beyond
-    what the templates call on `api` (XCom pulls, Variables)."""
-    fields = spec.fields
-    params = task_params(run, fields)
+def bash_renderer(launch: Launch, spec: TaskSpec, run: RunInfo, api: TaskApi) -> Renderer:
+    """The renderer of a BashOperator's template fields: the run's context with a `ti` that
+    reaches the cluster through `api`, in the default environment of the DAG file's folder."""
+    params = task_params(run, spec.fields)
     task = TaskView(
         task_id=spec.task_id,
         dag_id=launch.dag_id,
@@ -166,13 +164,22 @@ def plan_bash_task(
         run=run, dag_id=launch.dag_id, task_id=spec.task_id, dag=dag, task=task, ti=ti,
         params=params, try_number=launch.try_number,
     )  # fmt: skip
-    renderer = Renderer(
+    return Renderer(
         shared_environment((os.path.dirname(launch.fileloc) or ".",)),
         context,
         lambda task_id, key: ti.pull_for_xcomarg(task_id, key, {}),
         task_id=spec.task_id,
         template_ext=BASH_TEMPLATE_EXT,
     )
+
+
+def plan_bash_task(
+    launch: Launch, spec: TaskSpec, run: RunInfo, api: TaskApi, inherited: Mapping[str, str]
+) -> BashPlan:
+    """Render bash_command / env / cwd and work out the environment; no side effects beyond
+    what the templates call on `api` (XCom pulls, Variables)."""
+    fields = spec.fields
+    renderer = bash_renderer(launch, spec, run, api)
     rendered = renderer.render_mapping(fields, spec.template_fields)
     command = rendered.get("bash_command")
     if not isinstance(command, str):
