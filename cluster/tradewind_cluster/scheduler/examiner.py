@@ -47,7 +47,6 @@ class _Emissions:
     """What a pass records once its transaction committed (a retried one starts afresh)."""
 
     scheduled: list[tuple[RunRow, TaskInstanceRow]] = field(default_factory=list)
-    traces: dict[int, str | None] = field(default_factory=dict)
     checks: list[tuple[str, float]] = field(default_factory=list)  # (dag_id, seconds)
     finished: list[tuple[RunRow, DagRunState, datetime | None]] = field(default_factory=list)
     removed: Counter[str] = field(default_factory=Counter)
@@ -96,14 +95,20 @@ class RunExaminer:
             return ExaminationReport(), emissions
         specs = self.ctx.specs.get_many(conn, [r.dag_id for r in claimed])
         tis = store_examine.tis_by_run(conn, [r.id for r in claimed])
-        pools: set[str] = set()
-        finished: list[tuple[str, str, DagRunState]] = []
-        moved: Counter[str] = Counter()
+        items: list[store_examine.Examined] = []
         for run in claimed:
             spec = specs.get(run.dag_id)
             if spec is None:
                 continue
-            applied = self._apply_one(conn, run, spec, tis.get(run.id, []), now, emissions)
+            run_tis = tis.get(run.id, [])
+            exam = self._decide(conn, run, spec, run_tis, now, emissions)
+            items.append(store_examine.Examined(run=run, spec=spec, exam=exam, tis=run_tis))
+        applied_all = store_examine.apply_examinations(conn, items, now)
+        pools: set[str] = set()
+        finished: list[tuple[str, str, DagRunState]] = []
+        moved: Counter[str] = Counter()
+        for item, applied in zip(items, applied_all, strict=True):
+            run = item.run
             pools |= applied.scheduled_pools
             for (src, dst), n in applied.moved.items():
                 moved[f"{src}->{dst}"] += n
@@ -117,10 +122,6 @@ class RunExaminer:
                     else None
                 )
                 emissions.finished.append((run, applied.run_state, first))
-        if emissions.scheduled:
-            emissions.traces = store_runs.trace_contexts(
-                conn, [run.id for run, _ in emissions.scheduled]
-            )
         report = ExaminationReport(
             runs=len(claimed),
             scheduled_pools=frozenset(pools),
@@ -129,7 +130,7 @@ class RunExaminer:
         )
         return report, emissions
 
-    def _apply_one(
+    def _decide(
         self,
         conn: Connection,
         run: RunRow,
@@ -137,7 +138,7 @@ class RunExaminer:
         tis: list[TaskInstanceRow],
         now: datetime,
         emissions: _Emissions,
-    ) -> store_examine.AppliedExamination:
+    ) -> RunExamination:
         past = [t.task_id for t in spec.tasks.values() if t.depends_on_past]
         previous = store_examine.previous_states(conn, run, past) if past else {}
         view = RunView(
@@ -166,7 +167,7 @@ class RunExaminer:
                 extra={"event": "run_finished", "dag_id": run.dag_id, "run_id": run.run_id},
             )
         self._note_scheduled(run, exam, tis, emissions)
-        return store_examine.apply_examination(conn, run, spec, exam, tis, now)
+        return exam
 
     def _note_scheduled(
         self, run: RunRow, exam: RunExamination, tis: list[TaskInstanceRow], emissions: _Emissions
@@ -200,7 +201,7 @@ class RunExaminer:
     def _trace(self, emissions: _Emissions, now: datetime, started_ns: int) -> None:
         """One task.schedule span per task instance scheduled, a child of its run's span."""
         for run, ti in emissions.scheduled:
-            parent = emissions.traces.get(run.id)
+            parent = run.trace_context
             if parent is None:
                 continue
             record_span(

@@ -117,29 +117,41 @@ class Dispatched:
     trace_context: str | None = None
 
 
+_ACCEPTED = (
+    "unnest(CAST(:ids AS bigint[]), CAST(:tokens AS bigint[]), CAST(:workers AS text[]),"
+    " CAST(:traces AS text[])) AS a(ti_id, token, worker, trace)"
+)
+_MARK_TI_DISPATCHED = sa.text(
+    f"""
+    UPDATE task_instance SET worker = a.worker FROM {_ACCEPTED}
+    WHERE task_instance.id = a.ti_id AND task_instance.token = a.token
+      AND task_instance.state = 'queued'
+    """
+)
+_MARK_ATTEMPTS_DISPATCHED = sa.text(
+    f"""
+    UPDATE task_attempt SET worker = a.worker, dispatched_at = :now, trace_context = a.trace
+    FROM {_ACCEPTED}
+    WHERE task_attempt.ti_id = a.ti_id AND task_attempt.token = a.token
+    """
+)
+
+
 def mark_dispatched_many(conn: Connection, accepted: Sequence[Dispatched], *, now: datetime) -> int:
-    """mark_dispatched for many attempts in two set-based statements (the hot path: one per
-    dispatch batch, not one per attempt). Returns how many were still queued under the token."""
+    """mark_dispatched for many attempts in two set-based, prebuilt statements (the hot path:
+    one pair per dispatch batch, not one per attempt; task instance before attempt, as every
+    transaction locks them). Returns how many were still queued under the token."""
     if not accepted:
         return 0
-    rows = [(a.ti_id, a.token, a.worker_id, a.trace_context) for a in accepted]
-    values = sa.values(
-        sa.column("ti_id", sa.BigInteger),
-        sa.column("token", sa.BigInteger),
-        sa.column("worker", sa.Text),
-        sa.column("trace", sa.Text),
-        name="accepted",
-    ).data(rows)
-    moved = conn.execute(
-        sa.update(ti)
-        .where(ti.c.id == values.c.ti_id, ti.c.token == values.c.token, ti.c.state == "queued")
-        .values(worker=values.c.worker)
-    ).rowcount
-    conn.execute(
-        sa.update(task_attempt)
-        .where(task_attempt.c.ti_id == values.c.ti_id, task_attempt.c.token == values.c.token)
-        .values(worker=values.c.worker, dispatched_at=now, trace_context=values.c.trace)
-    )
+    params = {
+        "ids": [a.ti_id for a in accepted],
+        "tokens": [a.token for a in accepted],
+        "workers": [a.worker_id for a in accepted],
+        "traces": [a.trace_context for a in accepted],
+        "now": now,
+    }
+    moved = conn.execute(_MARK_TI_DISPATCHED, params).rowcount
+    conn.execute(_MARK_ATTEMPTS_DISPATCHED, params)
     return int(moved)
 
 

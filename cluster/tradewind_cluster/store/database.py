@@ -105,17 +105,26 @@ class Database:
         self.options = options or DatabaseOptions()
         self.url = url
         opts = self.options
-        self.engine: Engine = sa.create_engine(
-            url,
-            pool_pre_ping=opts.pool_pre_ping,
-            pool_size=opts.pool_size,
-            max_overflow=opts.max_overflow,
-            pool_recycle=opts.pool_recycle_s,
-            connect_args={
+        common = {
+            "pool_pre_ping": opts.pool_pre_ping,
+            "pool_recycle": opts.pool_recycle_s,
+            "connect_args": {
                 "connect_timeout": opts.connect_timeout_s,
                 "application_name": opts.application_name,
                 "options": f"-c statement_timeout={opts.statement_timeout_ms} -c timezone=UTC",
             },
+        }
+        self.engine: Engine = sa.create_engine(
+            url, pool_size=opts.pool_size, max_overflow=opts.max_overflow, **common
+        )
+        # Reads get connections of their own that stay in autocommit: switching a pooled
+        # connection in and out of autocommit costs a SET and a BEGIN ISOLATION LEVEL each time.
+        self.read_engine: Engine = sa.create_engine(
+            url,
+            isolation_level="AUTOCOMMIT",
+            pool_size=max(1, opts.pool_size // 2),
+            max_overflow=opts.max_overflow,
+            **common,
         )
 
     def _retrying(self, attempts: int | None = None) -> Retrying:
@@ -142,9 +151,10 @@ class Database:
     def _run(self, fn: Callable[[Connection], T], *, attempts: int | None, autocommit: bool) -> T:
         with unavailable_as_error():
             for attempt in self._retrying(attempts):
-                with attempt, self.engine.connect() as conn:
+                engine = self.read_engine if autocommit else self.engine
+                with attempt, engine.connect() as conn:
                     if autocommit:
-                        return fn(conn.execution_options(isolation_level="AUTOCOMMIT"))
+                        return fn(conn)
                     with conn.begin():
                         return fn(conn)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -158,3 +168,4 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection (at shutdown, or in a child after fork)."""
         self.engine.dispose()
+        self.read_engine.dispose()

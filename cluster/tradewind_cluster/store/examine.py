@@ -25,7 +25,9 @@ from tradewind_cluster.store.task_instances import set_tis_state
 
 __all__ = [
     "AppliedExamination",
+    "Examined",
     "apply_examination",
+    "apply_examinations",
     "claim_runs_to_examine",
     "flag_dags_for_run_check",
     "previous_states",
@@ -100,6 +102,16 @@ def _values_for(to: TaskInstanceState, now: datetime, reason: str) -> dict[str, 
     return values
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Examined:
+    """One run's examination, ready to apply."""
+
+    run: RunRow
+    spec: DagSpec
+    exam: RunExamination
+    tis: Sequence[TaskInstanceRow]
+
+
 def apply_examination(
     conn: Connection,
     run: RunRow,
@@ -108,56 +120,111 @@ def apply_examination(
     tis: Sequence[TaskInstanceRow],
     now: datetime,
 ) -> AppliedExamination:
-    """Apply one examination in the order RunExamination documents; stale rows are skipped."""
-    if exam.to_create:
-        insert_task_instances(conn, spec, [run], exam.to_create)
-    by_task = {t.task_id: t for t in tis}
-    if exam.to_restore:
-        ids = [by_task[t].id for t in exam.to_restore if t in by_task]
-        set_tis_state(conn, ids, expect=_TI.REMOVED, to=_TI.NONE)
+    """Apply one examination (apply_examinations of one run)."""
+    return apply_examinations(conn, [Examined(run=run, spec=spec, exam=exam, tis=tis)], now)[0]
+
+
+def apply_examinations(
+    conn: Connection, items: Sequence[Examined], now: datetime
+) -> list[AppliedExamination]:
+    """Apply a pass's examinations, in the order RunExamination documents, set-based across
+    runs: one statement per (from, to, reason) move, one to re-arm every run left running.
+    Stale rows are skipped (state in the WHERE clause). Results are in `items`' order."""
+    for it in items:
+        if it.exam.to_create:
+            insert_task_instances(conn, it.spec, [it.run], it.exam.to_create)
+    restore = [
+        t.id
+        for it in items
+        if it.exam.to_restore
+        for t in it.tis
+        if t.task_id in it.exam.to_restore
+    ]
+    if restore:
+        set_tis_state(conn, restore, expect=_TI.REMOVED, to=_TI.NONE)
+    moved, scheduled_pools = _move(conn, items, now)
+    run_states: list[DagRunState | None] = [None] * len(items)
+    rearm: list[tuple[int, datetime]] = []
+    for i, it in enumerate(items):
+        decision = it.exam.run_decision
+        if decision is not None and finish_run(conn, it.run.id, to=decision.to_state, now=now):
+            run_states[i] = decision.to_state
+        else:
+            rearm.append((it.run.id, _deadline(it.run, it.spec, now)))
+    _rearm(conn, rearm, now)
+    return [
+        AppliedExamination(
+            moved=dict(moved[i]),
+            scheduled_pools=frozenset(scheduled_pools[i]),
+            run_state=run_states[i],
+        )
+        for i in range(len(items))
+    ]
+
+
+def _move(
+    conn: Connection, items: Sequence[Examined], now: datetime
+) -> tuple[list[dict[tuple[_TI, _TI], int]], list[set[str]]]:
+    """The task decisions of every run, one statement per (from, to, reason); per run, how
+    many moved and the pools of those scheduled."""
     groups: dict[tuple[_TI, _TI, str], list[int]] = defaultdict(list)
-    for d in exam.task_decisions:
-        row = by_task.get(d.task_id)
-        if row is not None:
-            groups[(d.from_state, d.to_state, d.reason)].append(row.id)
-    moved: dict[tuple[_TI, _TI], int] = defaultdict(int)
-    scheduled_pools: set[str] = set()
+    where: dict[int, tuple[int, str]] = {}  # ti id -> (index in items, pool)
+    for i, it in enumerate(items):
+        by_task = {t.task_id: t for t in it.tis}
+        for d in it.exam.task_decisions:
+            row = by_task.get(d.task_id)
+            if row is not None:
+                groups[(d.from_state, d.to_state, d.reason)].append(row.id)
+                where[row.id] = (i, row.pool)
+    moved: list[dict[tuple[_TI, _TI], int]] = [defaultdict(int) for _ in items]
+    pools: list[set[str]] = [set() for _ in items]
     for (src, dst, reason), ids in groups.items():
-        done = set_tis_state(conn, ids, expect=src, to=dst, values=_values_for(dst, now, reason))
-        moved[(src, dst)] += len(done)
-        if dst is _TI.SCHEDULED:
-            scheduled_pools.update(by_task[t].pool for t in by_task if by_task[t].id in done)
-    run_state: DagRunState | None = None
-    if exam.run_decision is not None and finish_run(
-        conn, run.id, to=exam.run_decision.to_state, now=now
-    ):
-        run_state = exam.run_decision.to_state
-    else:
-        _rearm(conn, run, spec, now)
-    return AppliedExamination(
-        moved=dict(moved), scheduled_pools=frozenset(scheduled_pools), run_state=run_state
-    )
+        for ti_id in set_tis_state(
+            conn, ids, expect=src, to=dst, values=_values_for(dst, now, reason)
+        ):
+            i, pool = where[ti_id]
+            moved[i][(src, dst)] += 1
+            if dst is _TI.SCHEDULED:
+                pools[i].add(pool)
+    return moved, pools
 
 
-def _rearm(conn: Connection, run: RunRow, spec: DagSpec, now: datetime) -> None:
-    """Next examination: the earliest pending retry or the run's timeout, at the latest the
-    safety recheck; finished tasks re-arm it to now through their own reports."""
+def _deadline(run: RunRow, spec: DagSpec, now: datetime) -> datetime:
+    """The latest next examination of a run: the safety recheck, or its timeout if sooner."""
     deadline = now + RECHECK_AFTER
     if spec.dagrun_timeout is not None and run.start_date is not None:
         # examine_run times out strictly after the deadline: look a microsecond later
         deadline = min(deadline, run.start_date + spec.dagrun_timeout + timedelta(microseconds=1))
-    next_retry = conn.execute(
-        sa.select(sa.func.min(ti.c.next_retry_at)).where(
-            ti.c.run_pk == run.id, ti.c.state == _TI.UP_FOR_RETRY.value
+    return deadline
+
+
+_REARM = sa.text(
+    """
+    UPDATE dag_run SET
+        examine_after = greatest(
+            least(
+                d.deadline,
+                (SELECT min(t.next_retry_at) FROM task_instance t
+                 WHERE t.run_pk = d.id AND t.state = 'up_for_retry')
+            ),
+            :now
+        ),
+        last_examined_at = :now
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:deadlines AS timestamptz[])) AS d(id, deadline)
+    WHERE dag_run.id = d.id AND dag_run.state = 'running'
+    """
+)
+
+
+def _rearm(conn: Connection, runs: Sequence[tuple[int, datetime]], now: datetime) -> None:
+    """Next examination of each run: the earliest pending retry or its deadline (the run's
+    timeout, at the latest the safety recheck), in one statement; finished tasks re-arm a run
+    to now through their own reports."""
+    if runs:
+        conn.execute(
+            _REARM,
+            {"ids": [r for r, _ in runs], "deadlines": [d for _, d in runs], "now": now},
         )
-    ).scalar()
-    if next_retry is not None:
-        deadline = min(deadline, next_retry)
-    conn.execute(
-        sa.update(dag_run)
-        .where(dag_run.c.id == run.id, dag_run.c.state == "running")
-        .values(examine_after=sa.func.greatest(deadline, now), last_examined_at=now)
-    )
 
 
 def flag_dags_for_run_check(conn: Connection, dag_ids: Sequence[str]) -> None:

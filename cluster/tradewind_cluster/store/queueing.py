@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tradewind.scheduling.admission import Admission, Candidate, Capacity, PoolCapacity
-from tradewind_cluster.store.schema import dag, dag_run, pool, task_attempt, task_instance
+from tradewind_cluster.store.schema import dag, pool, task_instance
 
 __all__ = [
     "PoolOutcome",
@@ -208,74 +208,44 @@ def _capacity(
     )
 
 
+_QUEUE = sa.text(
+    """
+    WITH moved AS (
+        UPDATE task_instance SET
+            state = 'queued', token = token + 1, queued_by = :member, queued_at = :now,
+            worker = NULL, heartbeat_at = NULL, updated_at = :now
+        WHERE id = ANY(CAST(:ids AS bigint[])) AND state = 'scheduled'
+        RETURNING id, token, try_number, dag_id, run_id, task_id, queue, pool, logical_date,
+                  scheduled_at, run_pk
+    ), attempt AS (
+        INSERT INTO task_attempt
+            (ti_id, dag_id, run_id, task_id, try_number, token, state, queued_by, queued_at)
+        SELECT id, dag_id, run_id, task_id, try_number + 1, token, 'queued', :member, :now
+        FROM moved
+        RETURNING id, ti_id
+    )
+    SELECT attempt.id AS attempt_id, moved.*, dag_run.trace_context
+    FROM moved
+    JOIN attempt ON attempt.ti_id = moved.id
+    JOIN dag_run ON dag_run.id = moved.run_pk
+    ORDER BY moved.id
+    """
+).columns(logical_date=sa.DateTime(timezone=True), scheduled_at=sa.DateTime(timezone=True))
+
+
 def _queue(
     conn: Connection, admitted: Sequence[Candidate], member_id: str, now: datetime
 ) -> tuple[QueuedAttempt, ...]:
+    """scheduled → queued under a new token, with the attempt row, in one prebuilt statement."""
     if not admitted:
         return ()
-    rows = (
-        conn.execute(
-            sa.update(ti)
-            .where(ti.c.id.in_([c.ti_id for c in admitted]), ti.c.state == "scheduled")
-            .values(
-                state="queued",
-                token=ti.c.token + 1,
-                queued_by=member_id,
-                queued_at=now,
-                worker=None,
-                heartbeat_at=None,
-                updated_at=now,
-            )
-            .returning(
-                ti.c.id,
-                ti.c.token,
-                ti.c.try_number,
-                ti.c.dag_id,
-                ti.c.run_id,
-                ti.c.task_id,
-                ti.c.queue,
-                ti.c.pool,
-                ti.c.logical_date,
-                ti.c.scheduled_at,
-                ti.c.run_pk,
-            )
-        )
-        .mappings()
-        .all()
-    )
-    if not rows:
-        return ()
-    traces = dict(
-        conn.execute(
-            sa.select(dag_run.c.id, dag_run.c.trace_context).where(
-                dag_run.c.id.in_(sorted({r["run_pk"] for r in rows}))
-            )
-        ).all()
-    )
-    attempt_ids = conn.execute(
-        sa.insert(task_attempt)
-        .values(
-            [
-                {
-                    "ti_id": r["id"],
-                    "dag_id": r["dag_id"],
-                    "run_id": r["run_id"],
-                    "task_id": r["task_id"],
-                    "try_number": r["try_number"] + 1,
-                    "token": r["token"],
-                    "state": "queued",
-                    "queued_by": member_id,
-                    "queued_at": now,
-                }
-                for r in rows
-            ]
-        )
-        .returning(task_attempt.c.id, task_attempt.c.ti_id)
-    ).all()
-    by_ti = {ti_id: aid for aid, ti_id in attempt_ids}
-    return tuple(
+    rows = conn.execute(
+        _QUEUE, {"ids": [c.ti_id for c in admitted], "member": member_id, "now": now}
+    ).mappings()
+    order = {c.ti_id: i for i, c in enumerate(admitted)}
+    queued = [
         QueuedAttempt(
-            attempt_id=by_ti[r["id"]],
+            attempt_id=r["attempt_id"],
             ti_id=r["id"],
             token=r["token"],
             try_number=r["try_number"] + 1,
@@ -288,10 +258,11 @@ def _queue(
             queued_at=now,
             scheduled_at=r["scheduled_at"],
             first_try=r["try_number"] == 0,
-            run_trace_context=traces.get(r["run_pk"]),
+            run_trace_context=r["trace_context"],
         )
         for r in rows
-    )
+    ]
+    return tuple(sorted(queued, key=lambda q: order[q.ti_id]))
 
 
 def queue_pool(

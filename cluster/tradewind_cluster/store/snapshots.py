@@ -44,6 +44,7 @@ class RunRow:
     queued_at: datetime | None = None
     start_date: datetime | None = None
     end_date: datetime | None = None
+    trace_context: str | None = None  # the run's traceparent, where it was traced
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
