@@ -282,19 +282,15 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self, ti_id: int, token: int, stored: Sequence[tuple[str, str]], conn: Connection,
         result: ReportResult,
     ) -> None:  # fmt: skip
-        """In the report's transaction: a try this report also started loses its older XComs
-        (as STARTED clears them), and a success keeps what it returned. With the database
-        backend (nothing kept elsewhere to purge) that is one statement."""
+        """In the report's transaction, for an XCom backend other than the database's: a try
+        this report also started loses its older XComs (as STARTED clears them), and a success
+        keeps what it returned."""
         start = result.attempt
-        keep = stored if result.state is TaskInstanceState.SUCCESS else ()
         if result.started and start is not None and result.run_id is not None:
             scope = {"dag_id": start.dag_id, "run_id": result.run_id, "task_id": start.task_id}
-            if type(self.xcom_backend) is DatabaseXComBackend:
-                store_xcom.replace_task_xcoms(conn, values=keep, **scope)
-                return
             self.xcom_backend.clear(conn, **scope)
-        if keep:
-            store_xcom.store_returned(conn, ti_id, token, keep)
+        if stored and result.state is TaskInstanceState.SUCCESS:
+            store_xcom.store_returned(conn, ti_id, token, stored)
 
     def _clear_xcoms(self, conn: Connection, ti_id: int, token: int) -> int:
         scope = workers.attempt_scope(conn, ti_id, token)
@@ -309,6 +305,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     ) -> ReportResult:
         outcome = _OUTCOMES[request.event]
         error = request.error or None
+        plain = type(self.xcom_backend) is DatabaseXComBackend
         stored: list[tuple[str, str]] = []
         if outcome is AttemptOutcome.SUCCESS and request.xcoms:
             try:
@@ -330,7 +327,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 else None
             ),
             worker_id=worker_id,
-            on_applied=functools.partial(self._keep_returned, ti_id, token, stored),
+            # the database backend's values are written by the report's own statement
+            returned=stored if plain else None,
+            on_applied=(
+                None if plain else functools.partial(self._keep_returned, ti_id, token, stored)
+            ),
         )
         if result.accepted:
             return result

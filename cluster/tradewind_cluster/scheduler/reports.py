@@ -13,6 +13,7 @@ from tradewind.spec import TaskKind, TaskSpec
 from tradewind.states import TaskInstanceState
 from tradewind_cluster.scheduler.context import SchedulerContext
 from tradewind_cluster.store import attempts as store_attempts
+from tradewind_cluster.store import xcom as store_xcom
 from tradewind_cluster.store.attempts import AttemptStart, ReportResult
 from tradewind_cluster.store.database import Connection
 
@@ -58,16 +59,41 @@ class ReportHandler:
         started_ago_s: float | None = None,
         worker_id: str | None = None,
         on_applied: Callable[[Connection, ReportResult], object] | None = None,
+        returned: Sequence[tuple[str, str]] | None = None,
     ) -> ReportResult:
         """The attempt ended; the core decides success / skipped / retry / failed.
         `started_ago_s`: the try's STARTED was never sent (a short try) and its user code
         started that long before this report, which then starts it too. `on_applied` runs in
         the transaction once the report was accepted (the caller stores the values the try
-        returned there, and clears the older ones of a try this report started)."""
+        returned there, and clears the older ones of a try this report started). `returned`
+        instead: the stored form of those values, kept by the store itself (database backend).
+        A success or skip without `on_applied` is one statement (store_attempts.record_ended)."""
         now = at or self.ctx.clock()
         started_at = (
             None if started_ago_s is None else now - timedelta(seconds=max(0.0, started_ago_s))
         )
+
+        if on_applied is not None and returned is not None:
+            raise ValueError("pass the returned values or on_applied, not both")
+        if on_applied is None and outcome is not AttemptOutcome.FAILED:
+            decision = decide_outcome(_PLACEHOLDER, outcome, 0, 0, now, self.ctx.rng.random)
+            result = self.ctx.db.statement(
+                lambda c: store_attempts.record_ended(
+                    c,
+                    ti_id,
+                    token,
+                    outcome=outcome,
+                    decision=decision,
+                    now=now,
+                    exit_code=exit_code,
+                    error=error,
+                    followed=followed,
+                    started_at=started_at,
+                    worker_id=worker_id,
+                    returned=returned,
+                )
+            )
+            return self._after_finish(result, started_at, now)
 
         def apply(conn: Connection) -> ReportResult:
             decide = self._decider(conn, outcome, now)
@@ -86,12 +112,20 @@ class ReportHandler:
             )
             if result.accepted and on_applied is not None:
                 on_applied(conn, result)
+            elif result.accepted and returned is not None and result.started:
+                # a failed try keeps nothing; one this report starts loses the older values
+                _clear_xcoms(conn, result)
             # No NOTIFY: waking every replica for each finished task makes all of them run an
             # iteration for work one will do. This replica wakes its own loop (on_change);
             # should it die first, examine_after=now is due and any replica's idle wait ends.
             return result
 
-        result = self.ctx.db.transaction(apply)
+        return self._after_finish(self.ctx.db.transaction(apply), started_at, now)
+
+    def _after_finish(
+        self, result: ReportResult, started_at: datetime | None, now: datetime
+    ) -> ReportResult:
+        """Count, wake the loop and emit the task metrics of an applied finish report."""
         self._count(result)
         if result.accepted:
             self.on_change()
@@ -154,3 +188,14 @@ class ReportHandler:
         if not result.accepted and result.reason.startswith("stale token"):
             self.ctx.metrics.incr("scheduler.reports.stale")
             log.warning("refused report: %s", result.reason, extra={"event": "stale_report"})
+
+
+def _clear_xcoms(conn: Connection, result: ReportResult) -> None:
+    if result.attempt is not None and result.run_id is not None:
+        store_xcom.replace_task_xcoms(
+            conn,
+            dag_id=result.attempt.dag_id,
+            run_id=result.run_id,
+            task_id=result.attempt.task_id,
+            values=(),
+        )

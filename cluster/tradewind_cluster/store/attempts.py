@@ -6,6 +6,7 @@ refused with a reason, never applied. Finishing a try re-arms its run for examin
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from tradewind.scheduling.retries import AttemptOutcome, OutcomeDecision
 from tradewind.states import TaskInstanceState
-from tradewind_cluster.store.schema import dag_run, task_attempt, task_instance
+from tradewind_cluster.store.schema import task_attempt, task_instance
 
 __all__ = [
     "AttemptStart",
@@ -24,6 +25,7 @@ __all__ = [
     "heartbeat_attempts",
     "mark_dispatched",
     "mark_dispatched_many",
+    "record_ended",
     "record_finish",
     "record_start",
     "requeue_attempt",
@@ -213,6 +215,48 @@ def record_start(
     return result, start
 
 
+# record_finish, prebuilt (every report runs them). Lock order dag_run → task_instance.
+_FINISH_READ = sa.text(
+    """
+    SELECT ti.run_pk, ti.run_id, ti.token, ti.state, ti.dag_id, ti.task_id, ti.try_number,
+           ti.max_tries, ti.operator, ti.queue, ti.queued_at, ti.start_date
+    FROM task_instance ti JOIN dag_run ON dag_run.id = ti.run_pk
+    WHERE ti.id = :ti_id
+    FOR UPDATE OF dag_run
+    """
+)
+# The task instance under (token, state); then, only if it changed, the attempt's history and
+# the run's next examination. `starts`: the report also starts the try (queued → outcome).
+_FINISH = sa.text(
+    """
+    WITH changed AS (
+        UPDATE task_instance SET
+            state = :state, end_date = :now, next_retry_at = CAST(:next_retry_at AS timestamptz),
+            followed = CAST(:followed AS jsonb), reason = :reason, updated_at = :now,
+            try_number = CASE WHEN :starts THEN CAST(:try_number AS integer) ELSE try_number END,
+            worker = CASE WHEN :starts THEN CAST(:worker AS text) ELSE worker END,
+            start_date = CASE WHEN :starts THEN CAST(:started_at AS timestamptz)
+                              ELSE start_date END,
+            heartbeat_at = CASE WHEN :starts THEN :now ELSE heartbeat_at END
+        WHERE id = :ti_id AND token = :token AND state = :expect
+        RETURNING id
+    ), history AS (
+        UPDATE task_attempt SET
+            state = :outcome, end_date = :now, exit_code = CAST(:exit_code AS integer),
+            error = CAST(:error AS text),
+            start_date = CASE WHEN :starts THEN CAST(:started_at AS timestamptz)
+                              ELSE start_date END,
+            worker = CASE WHEN :starts THEN CAST(:worker AS text) ELSE worker END
+        WHERE ti_id = :ti_id AND token = :token AND EXISTS (SELECT 1 FROM changed)
+    ), rearmed AS (
+        UPDATE dag_run SET examine_after = :now
+        WHERE id = :run_pk AND state = 'running' AND EXISTS (SELECT 1 FROM changed)
+    )
+    SELECT count(*) FROM changed
+    """
+)
+
+
 def record_finish(
     conn: Connection,
     ti_id: int,
@@ -234,26 +278,8 @@ def record_finish(
 
     Lock order dag_run → task_instance, as the examiner's: the run row is locked first (waiting
     for an examination of that run in progress), then the task instance is changed by a
-    compare-and-set on (token, state). Three round trips: lock and read, update, history."""
-    cur = conn.execute(
-        sa.select(
-            ti.c.run_pk,
-            ti.c.run_id,
-            ti.c.token,
-            ti.c.state,
-            ti.c.dag_id,
-            ti.c.task_id,
-            ti.c.try_number,
-            ti.c.max_tries,
-            ti.c.operator,
-            ti.c.queue,
-            ti.c.queued_at,
-            ti.c.start_date,
-        )
-        .select_from(ti.join(dag_run, dag_run.c.id == ti.c.run_pk))
-        .where(ti.c.id == ti_id)
-        .with_for_update(of=dag_run)
-    ).first()
+    compare-and-set on (token, state). Two round trips: lock and read, then one statement."""
+    cur = conn.execute(_FINISH_READ, {"ti_id": ti_id}).first()
     if cur is None:
         return ReportResult(accepted=False, reason=f"unknown task instance {ti_id}")
     starts = started_at is not None and cur.state == "queued"
@@ -270,60 +296,27 @@ def record_finish(
         start_date=started_at if starts else cur.start_date,
     )
     decision = decide(start)
-    values: dict[str, object] = {
-        "state": decision.to_state.value,
-        "end_date": now,
-        "next_retry_at": decision.next_retry_at,
-        "followed": list(followed) if followed is not None else None,
-        "reason": decision.reason,
-        "updated_at": now,
-    }
-    history: dict[str, object] = {
-        "state": outcome.value,
-        "end_date": now,
-        "exit_code": exit_code,
-        "error": error,
-    }
-    if starts:
-        values.update(
-            try_number=start.try_number,
-            worker=worker_id,
-            start_date=started_at,
-            heartbeat_at=now,
-        )
-        history.update(start_date=started_at, worker=worker_id)
-    # The run is locked, the task instance is not: the compare-and-set below is the fence.
-    # One statement: the task instance, then (only if it changed) the attempt's history and
-    # the run's next examination.
-    changed = (
-        sa.update(ti)
-        .where(ti.c.id == ti_id, ti.c.token == token, ti.c.state == cur.state)
-        .values(**values)
-        .returning(ti.c.id)
-        .cte("changed")
-    )
-    kept = (
-        sa.update(task_attempt)
-        .where(
-            task_attempt.c.ti_id == ti_id,
-            task_attempt.c.token == token,
-            sa.exists(sa.select(changed.c.id)),
-        )
-        .values(**history)
-        .cte("history")
-    )
-    rearmed = (
-        sa.update(dag_run)
-        .where(
-            dag_run.c.id == cur.run_pk,
-            dag_run.c.state == "running",
-            sa.exists(sa.select(changed.c.id)),
-        )
-        .values(examine_after=now)
-        .cte("rearmed")
-    )
+    # The run is locked, the task instance is not: the compare-and-set in _FINISH is the fence.
     done = conn.execute(
-        sa.select(sa.func.count()).select_from(changed).add_cte(kept).add_cte(rearmed)
+        _FINISH,
+        {
+            "ti_id": ti_id,
+            "token": token,
+            "expect": cur.state,
+            "run_pk": cur.run_pk,
+            "now": now,
+            "state": decision.to_state.value,
+            "next_retry_at": decision.next_retry_at,
+            "followed": None if followed is None else json.dumps(list(followed)),
+            "reason": decision.reason,
+            "outcome": outcome.value,
+            "exit_code": exit_code,
+            "error": error,
+            "starts": starts,
+            "try_number": start.try_number,
+            "worker": worker_id,
+            "started_at": started_at,
+        },
     ).scalar_one()
     if done != 1:
         return _refusal(conn, ti_id, token)
@@ -334,6 +327,128 @@ def record_finish(
         attempt=start,
         run_id=cur.run_id,
         started=starts,
+    )
+
+
+# record_ended in one statement: lock the run and the task instance (dag_run → task_instance),
+# compare-and-set on (token, state), the attempt's history, the run's next examination and the
+# XComs the try returned. A single statement is atomic on its own: no BEGIN / COMMIT needed.
+_ENDED = sa.text(
+    """
+    WITH cur AS (
+        SELECT ti.id, ti.run_pk, ti.run_id, ti.token, ti.state, ti.dag_id, ti.task_id,
+               ti.try_number, ti.max_tries, ti.operator, ti.queue, ti.queued_at, ti.start_date
+        FROM dag_run JOIN task_instance ti ON ti.run_pk = dag_run.id
+        WHERE ti.id = :ti_id
+        FOR UPDATE OF dag_run, ti
+    ), go AS (
+        SELECT cur.*, cur.state = 'queued' AS starts FROM cur
+        WHERE cur.token = :token
+          AND (cur.state = 'running' OR (cur.state = 'queued' AND :can_start))
+    ), changed AS (
+        UPDATE task_instance t SET
+            state = :state, end_date = :now, next_retry_at = NULL,
+            followed = CAST(:followed AS jsonb), reason = :reason, updated_at = :now,
+            try_number = CASE WHEN go.starts THEN go.try_number + 1 ELSE t.try_number END,
+            worker = CASE WHEN go.starts THEN CAST(:worker AS text) ELSE t.worker END,
+            start_date = CASE WHEN go.starts THEN CAST(:started_at AS timestamptz)
+                              ELSE t.start_date END,
+            heartbeat_at = CASE WHEN go.starts THEN :now ELSE t.heartbeat_at END
+        FROM go WHERE t.id = go.id
+        RETURNING t.id
+    ), history AS (
+        UPDATE task_attempt SET
+            state = :outcome, end_date = :now, exit_code = CAST(:exit_code AS integer),
+            error = CAST(:error AS text),
+            start_date = CASE WHEN go.starts THEN CAST(:started_at AS timestamptz)
+                              ELSE task_attempt.start_date END,
+            worker = CASE WHEN go.starts THEN CAST(:worker AS text) ELSE task_attempt.worker END
+        FROM go WHERE task_attempt.ti_id = go.id AND task_attempt.token = go.token
+    ), rearmed AS (
+        UPDATE dag_run SET examine_after = :now
+        FROM go WHERE dag_run.id = go.run_pk AND dag_run.state = 'running'
+    ), gone AS (
+        DELETE FROM xcom USING go
+        WHERE :xcoms AND go.starts AND xcom.dag_id = go.dag_id AND xcom.run_id = go.run_id
+          AND xcom.task_id = go.task_id AND xcom.key <> ALL(CAST(:keys AS text[]))
+    ), kept AS (
+        INSERT INTO xcom (dag_id, run_id, task_id, key, value, created_at)
+        SELECT go.dag_id, go.run_id, go.task_id, v.key, v.value, clock_timestamp()
+        FROM go, unnest(CAST(:keys AS text[]), CAST(:values AS text[])) AS v(key, value)
+        ON CONFLICT (dag_id, run_id, task_id, key)
+        DO UPDATE SET value = excluded.value, created_at = excluded.created_at
+    )
+    SELECT cur.*, go.starts, (SELECT count(*) FROM changed) AS changed
+    FROM cur LEFT JOIN go ON true
+    """
+)
+
+
+def record_ended(
+    conn: Connection,
+    ti_id: int,
+    token: int,
+    *,
+    outcome: AttemptOutcome,
+    decision: OutcomeDecision,
+    now: datetime,
+    exit_code: int | None = None,
+    error: str | None = None,
+    followed: Sequence[str] | None = None,
+    started_at: datetime | None = None,
+    worker_id: str | None = None,
+    returned: Sequence[tuple[str, str]] | None = None,
+) -> ReportResult:
+    """record_finish for a try whose `decision` does not depend on the try (success, skipped:
+    no retry policy to read, so nothing to decide between reading and writing), as one
+    statement (see _ENDED): the hot path of every report.
+    `returned`: the XComs a success returned, kept in the same statement (a try this report
+    also starts first loses its older ones, as STARTED would clear them); None leaves XComs
+    alone (a backend other than the database stores them itself)."""
+    if decision.next_retry_at is not None:
+        raise ValueError("record_ended takes decisions without a retry; use record_finish")
+    state = decision.to_state
+    kept = dict(returned or ()) if state is _TI.SUCCESS else {}
+    row = conn.execute(
+        _ENDED,
+        {
+            "ti_id": ti_id,
+            "token": token,
+            "can_start": started_at is not None,
+            "now": now,
+            "state": state.value,
+            "reason": decision.reason,
+            "followed": None if followed is None else json.dumps(list(followed)),
+            "outcome": outcome.value,
+            "exit_code": exit_code,
+            "error": error,
+            "worker": worker_id,
+            "started_at": started_at,
+            "xcoms": returned is not None,
+            "keys": list(kept),
+            "values": list(kept.values()),
+        },
+    ).first()
+    if row is None:
+        return ReportResult(accepted=False, reason=f"unknown task instance {ti_id}")
+    if not row.changed:
+        return _refused(row.state, row.token, token)
+    return ReportResult(
+        accepted=True,
+        state=state,
+        run_pk=row.run_pk,
+        attempt=AttemptStart(
+            dag_id=row.dag_id,
+            task_id=row.task_id,
+            try_number=row.try_number + 1 if row.starts else row.try_number,
+            max_tries=row.max_tries,
+            operator=row.operator,
+            queue=row.queue,
+            queued_at=row.queued_at,
+            start_date=started_at if row.starts else row.start_date,
+        ),
+        run_id=row.run_id,
+        started=bool(row.starts),
     )
 
 

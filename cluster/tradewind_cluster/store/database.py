@@ -117,9 +117,10 @@ class Database:
         self.engine: Engine = sa.create_engine(
             url, pool_size=opts.pool_size, max_overflow=opts.max_overflow, **common
         )
-        # Reads get connections of their own that stay in autocommit: switching a pooled
-        # connection in and out of autocommit costs a SET and a BEGIN ISOLATION LEVEL each time.
-        self.read_engine: Engine = sa.create_engine(
+        # Reads and single statements get connections of their own that stay in autocommit:
+        # switching a pooled connection in and out of autocommit costs a SET and a BEGIN
+        # ISOLATION LEVEL each time.
+        self.autocommit_engine: Engine = sa.create_engine(
             url,
             isolation_level="AUTOCOMMIT",
             pool_size=max(1, opts.pool_size // 2),
@@ -148,10 +149,16 @@ class Database:
         back): reads that must see one snapshot, or that lock, belong in transaction()."""
         return self._run(fn, attempts=None, autocommit=True)
 
+    def statement(self, fn: Callable[[Connection], T]) -> T:
+        """Run fn, which issues exactly one statement, with the same retries and no BEGIN or
+        COMMIT: PostgreSQL applies a single statement (CTEs and all) atomically on its own.
+        One round trip instead of three for the hot path's writes."""
+        return self._run(fn, attempts=None, autocommit=True)
+
     def _run(self, fn: Callable[[Connection], T], *, attempts: int | None, autocommit: bool) -> T:
         with unavailable_as_error():
             for attempt in self._retrying(attempts):
-                engine = self.read_engine if autocommit else self.engine
+                engine = self.autocommit_engine if autocommit else self.engine
                 with attempt, engine.connect() as conn:
                     if autocommit:
                         return fn(conn)
@@ -168,4 +175,4 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection (at shutdown, or in a child after fork)."""
         self.engine.dispose()
-        self.read_engine.dispose()
+        self.autocommit_engine.dispose()

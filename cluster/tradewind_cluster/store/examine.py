@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from tradewind.scheduling.examine import RunExamination
 from tradewind.spec import DagSpec
 from tradewind.states import FINISHED_TI_STATES, DagRunState, TaskInstanceState
-from tradewind_cluster.store.rows import to_run_row, to_ti_row
+from tradewind_cluster.store.rows import TI_ROW_COLUMNS, ti_row_from, to_run_row
 from tradewind_cluster.store.runs import finish_run, insert_task_instances
 from tradewind_cluster.store.schema import dag, dag_run, task_instance
 from tradewind_cluster.store.snapshots import RunRow, TaskInstanceRow
@@ -65,10 +65,18 @@ def tis_by_run(conn: Connection, run_pks: Sequence[int]) -> dict[int, list[TaskI
     """The task instances of each run (bounded by the DAGs' sizes)."""
     out: dict[int, list[TaskInstanceRow]] = defaultdict(list)
     if run_pks:
-        for r in conn.execute(sa.select(ti).where(ti.c.run_pk.in_(run_pks))).mappings():
-            row = to_ti_row(r)
+        for r in conn.execute(_TIS_BY_RUN, {"pks": list(run_pks)}):
+            row = ti_row_from(r)
             out[row.run_pk].append(row)
     return out
+
+
+# Every examination reads all task instances of its runs: a prebuilt statement of exactly the
+# snapshot's columns, converted by position.
+_TIS_BY_RUN = sa.text(
+    f"SELECT {', '.join(TI_ROW_COLUMNS)} FROM task_instance"
+    " WHERE run_pk = ANY(CAST(:pks AS bigint[]))"
+)
 
 
 def previous_states(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.engine import RowMapping
@@ -9,7 +10,7 @@ from sqlalchemy.engine import RowMapping
 from tradewind.states import DagRunState, TaskInstanceState
 from tradewind_cluster.store.snapshots import DagRow, RunRow, TaskInstanceRow
 
-__all__ = ["to_dag_row", "to_run_row", "to_ti_row"]
+__all__ = ["TI_ROW_COLUMNS", "ti_row_from", "to_dag_row", "to_run_row", "to_ti_row"]
 
 
 def _pick(row: RowMapping, names: tuple[str, ...]) -> dict[str, Any]:
@@ -29,10 +30,29 @@ def to_run_row(row: RowMapping) -> RunRow:
     return RunRow(**data)
 
 
+_TI_FIELDS = tuple(TaskInstanceRow.__dataclass_fields__)
+
+
 def to_ti_row(row: RowMapping) -> TaskInstanceRow:
-    """Snapshot of a `task_instance` row."""
-    data = _pick(row, tuple(f for f in TaskInstanceRow.__dataclass_fields__ if f in row))
-    data["state"] = TaskInstanceState(row["state"])
-    followed = row.get("followed")
-    data["followed"] = None if followed is None else tuple(followed)
+    """Snapshot of a `task_instance` row (examining a run converts every one of its rows)."""
+    data = {f: row[f] for f in _TI_FIELDS if f in row}
+    data["state"] = _TI_STATES[data["state"]]
+    followed = data.get("followed")
+    if followed is not None:
+        data["followed"] = tuple(followed)
+    return TaskInstanceRow(**data)
+
+
+_TI_STATES = {s.value: s for s in TaskInstanceState}
+TI_ROW_COLUMNS = _TI_FIELDS
+"""The task_instance columns of a TaskInstanceRow, in the order ti_row_from reads them."""
+
+
+def ti_row_from(values: Sequence[Any]) -> TaskInstanceRow:
+    """Snapshot from a row of exactly TI_ROW_COLUMNS, in that order."""
+    data = dict(zip(_TI_FIELDS, values, strict=True))
+    data["state"] = _TI_STATES[data["state"]]
+    followed = data["followed"]
+    if followed is not None:
+        data["followed"] = tuple(followed)
     return TaskInstanceRow(**data)

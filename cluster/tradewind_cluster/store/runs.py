@@ -181,28 +181,45 @@ def insert_task_instances(
     """Create the task instances (state none) of runs for every task of the spec (or the given
     ones); existing (run, task) pairs are left alone."""
     wanted = list(task_ids) if task_ids is not None else list(spec.tasks)
-    values = [
-        {
-            "run_pk": run.id,
-            "dag_id": run.dag_id,
-            "run_id": run.run_id,
-            "task_id": t.task_id,
-            "logical_date": run.logical_date,
-            "max_tries": t.retries,
-            "pool": t.pool,
-            "pool_slots": t.pool_slots,
-            "queue": t.queue,
-            "priority_weight": t.priority_weight_total,
-            "max_active_tis_per_dag": t.max_active_tis_per_dag,
-            "operator": t.operator,
-        }
-        for run in runs
-        for t in (spec.tasks[i] for i in wanted if i in spec.tasks)
-    ]
-    if not values:
+    tasks = [spec.tasks[i] for i in wanted if i in spec.tasks]
+    pairs = [(run, t) for run in runs for t in tasks]
+    if not pairs:
         return 0
-    result = conn.execute(pg_insert(task_instance).values(values).on_conflict_do_nothing())
+    result = conn.execute(
+        _INSERT_TIS,
+        {
+            "run_pk": [r.id for r, _ in pairs],
+            "dag_id": [r.dag_id for r, _ in pairs],
+            "run_id": [r.run_id for r, _ in pairs],
+            "task_id": [t.task_id for _, t in pairs],
+            "logical_date": [r.logical_date for r, _ in pairs],
+            "max_tries": [t.retries for _, t in pairs],
+            "pool": [t.pool for _, t in pairs],
+            "pool_slots": [t.pool_slots for _, t in pairs],
+            "queue": [t.queue for _, t in pairs],
+            "priority_weight": [t.priority_weight_total for _, t in pairs],
+            "max_active_tis_per_dag": [t.max_active_tis_per_dag for _, t in pairs],
+            "operator": [t.operator for _, t in pairs],
+        },
+    )
     return int(result.rowcount)
+
+
+# insert_task_instances as one prebuilt statement of array parameters (a run's tasks at once).
+_INSERT_TIS = sa.text(
+    """
+    INSERT INTO task_instance (run_pk, dag_id, run_id, task_id, logical_date, max_tries, pool,
+                               pool_slots, queue, priority_weight, max_active_tis_per_dag,
+                               operator)
+    SELECT * FROM unnest(
+        CAST(:run_pk AS bigint[]), CAST(:dag_id AS text[]), CAST(:run_id AS text[]),
+        CAST(:task_id AS text[]), CAST(:logical_date AS timestamptz[]),
+        CAST(:max_tries AS integer[]), CAST(:pool AS text[]), CAST(:pool_slots AS integer[]),
+        CAST(:queue AS text[]), CAST(:priority_weight AS integer[]),
+        CAST(:max_active_tis_per_dag AS integer[]), CAST(:operator AS text[]))
+    ON CONFLICT DO NOTHING
+    """
+)
 
 
 def finish_run(conn: Connection, run_pk: int, *, to: DagRunState, now: datetime) -> bool:
