@@ -60,7 +60,8 @@ class RunOutcome:
 
 def _run_dir(out: Path, plan: Plan) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    path = out / f"{plan.scenario.value}-{plan.profile.value}-{stamp}-{os.getpid()}"
+    # absolute: the cluster's processes run in it, so a relative --out would not resolve there
+    path = out.resolve() / f"{plan.scenario.value}-{plan.profile.value}-{stamp}-{os.getpid()}"
     path.mkdir(parents=True, exist_ok=False)
     return path
 

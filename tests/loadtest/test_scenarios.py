@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -52,11 +53,20 @@ def assert_passed(results: dict[str, Any]) -> None:
 
 def test_chain_through_the_command_line(pg_admin_url: str, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "loadtest", "run", "chain", "--profile", "tiny"]
-    cmd += ["--database-url", pg_admin_url, "--out", str(tmp_path), "--quiet"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    # a relative --out, as `make bench` gives: the cluster's processes run inside the run's
+    # folder, so every path handed to them must be absolute
+    cmd += ["--database-url", pg_admin_url, "--out", "results", "--quiet"]
+    root = Path(__file__).resolve().parents[2]  # loadtest/ is not installed: run from here
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path, env=env
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("PASS chain: task latency p50")
-    (run_dir,) = tmp_path.iterdir()
+    (run_dir,) = (tmp_path / "results").iterdir()
     r = json.loads((run_dir / "results.json").read_text())
     assert_passed(r)
     for key in MEASURES:

@@ -44,11 +44,13 @@ def decider(outcome: AttemptOutcome):  # type: ignore[no-untyped-def]
     return decide
 
 
-def queued_attempt(database: Database) -> QueuedAttempt:
+def queued_attempt(database: Database, max_tries: int = 1) -> QueuedAttempt:
+    """Task instance t of a run of DAG d, queued by the critical section (an attempt row too)."""
+
     def setup(conn: sa.Connection) -> None:
         insert_dag(conn, "d")
         run = insert_run(conn, "d")
-        insert_ti(conn, run, "t", state="scheduled", max_tries=1)
+        insert_ti(conn, run, "t", state="scheduled", max_tries=max_tries)
 
     database.transaction(setup)
     outcome = database.transaction(

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.support.factories import insert_dag, insert_run, insert_ti
+from tests.store import test_attempts as attempts_tests
 from tradewind.scheduling.admission import admit
 from tradewind.scheduling.retries import AttemptOutcome, OutcomeDecision, decide_outcome
 from tradewind.spec import TaskKind, TaskSpec
@@ -49,17 +49,7 @@ def decision(outcome: AttemptOutcome, try_number: int = 1) -> OutcomeDecision:
 
 
 def queued_attempt(database: Database) -> QueuedAttempt:
-    def setup(conn: sa.Connection) -> None:
-        insert_dag(conn, "d")
-        run = insert_run(conn, "d")
-        insert_ti(conn, run, "t", state="scheduled", max_tries=2)
-
-    database.transaction(setup)
-    outcome = database.transaction(
-        lambda c: queue_pool(c, "default_pool", member_id="m", decide=admit, now=NOW)
-    )
-    assert outcome is not None
-    return outcome.queued[0]
+    return attempts_tests.queued_attempt(database, max_tries=2)
 
 
 def running_attempt(database: Database) -> QueuedAttempt:
