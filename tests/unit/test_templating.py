@@ -234,3 +234,61 @@ def test_plain_text_shortcut_matches_jinja(text: str, keep: bool) -> None:
     env = build_environment(options)
     expected = env.from_string(text).render()
     assert Renderer(env, {}, lambda t, k: None, task_id="t").render(text) == expected
+
+
+_NAME_VALUES = {
+    "run_id": "manual__2026",
+    "try_number": 3,
+    "none_value": None,
+    "flag": True,
+    "none": "a variable Jinja never reads",
+}
+_PIECES = st.one_of(
+    st.text(alphabet=st.characters(blacklist_characters="\r"), max_size=8),
+    st.sampled_from(
+        [
+            "{{ run_id }}",
+            "{{try_number}}",
+            "{{\n none_value\t}}",
+            "{{ flag }}",
+            "{{ missing }}",  # not in the context: Jinja decides (StrictUndefined raises)
+            "{{ none }}",  # a literal, not the variable
+            "{{ run_id | upper }}",
+            "{{ 1 + 2 }}",
+            "{%- if flag %}x{% endif %}",
+            "{# note #}",
+            "{{",
+            "}}",
+            "{",
+        ]
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PIECES, max_size=6).map("".join), st.booleans())
+def test_name_substitution_shortcut_matches_jinja(text: str, keep: bool) -> None:
+    """Texts of `{{ name }}` take a shortcut past the compiler; whatever the text, the
+    rendered value (or the failure) is Jinja's."""
+    options = TemplateOptions(jinja_environment_kwargs={"keep_trailing_newline": keep})
+    env = build_environment(options)
+    try:
+        expected: object = env.from_string(text).render(_NAME_VALUES)
+    except Exception as exc:  # noqa: BLE001 - the renderer must fail too
+        expected = type(exc)
+    renderer = Renderer(env, dict(_NAME_VALUES), lambda t, k: None, task_id="t")
+    try:
+        got: object = renderer.render(text)
+    except Exception as exc:  # noqa: BLE001 - compared with Jinja's failure
+        got = type(exc)
+    assert got == expected
+
+
+def test_name_substitution_shortcut_compiles_nothing() -> None:
+    env = build_environment(TemplateOptions())
+    ctx = {"run_id": "r1", "try_number": 2}
+    text = "echo {{ run_id }} {{try_number}} done"
+    assert Renderer(env, ctx, lambda t, k: None, task_id="t").render(text) == "echo r1 2 done"
+    assert not env.__dict__.get("_tradewind_compiled")  # the compiled-template cache is unused
+    assert Renderer(env, ctx, lambda t, k: None, task_id="t").render("{{ run_id | upper }}") == "R1"
+    assert env.__dict__.get("_tradewind_compiled")

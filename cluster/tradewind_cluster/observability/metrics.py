@@ -314,12 +314,21 @@ class PrometheusSink:
             ProcessCollector(registry=registry)  # process_cpu_seconds_total etc.
         self.registry = registry
         self._families: dict[str, _PromMetric] = {}
+        # (name, label values) -> child series: prometheus_client's labels() validates and
+        # locks on every call, and the hot path emits several labelled series per task
+        self._series: dict[tuple[str, tuple[str, ...]], _PromMetric] = {}
         self._lock = threading.Lock()
 
     def emit(self, spec: MetricSpec, value: float, labels: Mapping[str, str]) -> None:
         """Apply one emission to its series."""
-        family = self._family(spec)
-        series = family.labels(**labels) if spec.labels else family
+        if spec.labels:
+            key = (spec.name, tuple(labels[k] for k in spec.labels))
+            series = self._series.get(key)
+            if series is None:
+                series = self._family(spec).labels(**labels)
+                self._series[key] = series
+        else:
+            series = self._family(spec)
         if isinstance(series, Histogram):
             series.observe(value)
         elif isinstance(series, Counter) or spec.kind is MetricKind.UPDOWN:

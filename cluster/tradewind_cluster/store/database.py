@@ -7,6 +7,8 @@ half-applied, so the function must do all its writes through the connection it i
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -123,15 +125,16 @@ class Database:
         self.autocommit_engine: Engine = sa.create_engine(
             url,
             isolation_level="AUTOCOMMIT",
-            pool_size=max(1, opts.pool_size // 2),
+            pool_size=opts.pool_size,
             max_overflow=opts.max_overflow,
             **common,
         )
 
-    def _retrying(self, attempts: int | None = None) -> Retrying:
+    def _retrying(self, attempts: int | None = None, *, already: int = 0) -> Retrying:
+        """The retry loop for what is left of `attempts` after `already` failed ones."""
         return Retrying(
             retry=retry_if_exception(is_transient),
-            stop=stop_after_attempt(attempts or self.options.retry_max_attempts),
+            stop=stop_after_attempt((attempts or self.options.retry_max_attempts) - already),
             wait=wait_random_exponential(multiplier=0.05, max=self.options.retry_max_wait_s),
             before_sleep=_log_retry,
             reraise=True,
@@ -156,15 +159,34 @@ class Database:
         return self._run(fn, attempts=None, autocommit=True)
 
     def _run(self, fn: Callable[[Connection], T], *, attempts: int | None, autocommit: bool) -> T:
+        engine = self.autocommit_engine if autocommit else self.engine
         with unavailable_as_error():
-            for attempt in self._retrying(attempts):
-                engine = self.autocommit_engine if autocommit else self.engine
-                with attempt, engine.connect() as conn:
-                    if autocommit:
-                        return fn(conn)
-                    with conn.begin():
-                        return fn(conn)
+            # The first try runs without tenacity's bookkeeping (every store call of the hot
+            # path goes through here); a transient failure hands over to the retry loop.
+            try:
+                return self._once(engine, fn, autocommit)
+            except Exception as exc:
+                if not is_transient(exc) or (attempts or self.options.retry_max_attempts) < 2:
+                    raise
+                log.warning(
+                    "database call failed (attempt 1), retrying: %s",
+                    type(exc).__name__,
+                    extra={"event": "db_retry", "attempt": 1},
+                )
+                # as tenacity's wait_random_exponential(0.05) before its first retry
+                time.sleep(random.uniform(0, min(0.05, self.options.retry_max_wait_s)))
+            for attempt in self._retrying(attempts, already=1):
+                with attempt:
+                    return self._once(engine, fn, autocommit)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _once(engine: Engine, fn: Callable[[Connection], T], autocommit: bool) -> T:
+        with engine.connect() as conn:
+            if autocommit:
+                return fn(conn)
+            with conn.begin():
+                return fn(conn)
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:

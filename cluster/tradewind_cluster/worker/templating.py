@@ -8,8 +8,10 @@ from __future__ import annotations
 import datetime as _datetime
 import functools
 import json
+import keyword
 import logging
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -203,6 +205,7 @@ class Renderer:
         self.task_id = task_id
         self.template_ext = tuple(template_ext)
         self._plain = _plain_text_renders_as_is(env)
+        self._names = self._plain and _names_render_as_str(env)
 
     def render_fields(self, target: object, fields: Sequence[str]) -> None:
         """Render each named attribute of `target` in place, in order (Airflow skips falsy
@@ -269,8 +272,18 @@ class Renderer:
         if self._plain and "{" not in text and "\r" not in text:
             # No delimiter, so Jinja would only drop one trailing newline: skip compiling
             # (a millisecond per string on the path to user code).
-            return text[:-1] if text.endswith("\n") and not self.env.keep_trailing_newline else text
+            return self._trailing(text)
+        if self._names and "\r" not in text:
+            # Only {{ name }} of names in the context: what Jinja would output, without
+            # compiling (each distinct template costs milliseconds to compile, once per process).
+            substituted = _substitute_names(text, self.context)
+            if substituted is not None:
+                return self._trailing(substituted)
         return _compiled(self.env, text).render(self.context)
+
+    def _trailing(self, text: str) -> str:
+        """Jinja drops one trailing newline of a template unless keep_trailing_newline."""
+        return text[:-1] if text.endswith("\n") and not self.env.keep_trailing_newline else text
 
     def _render_nested(self, value: Any, seen: set[int]) -> None:
         # An object with its own template_fields (e.g. a helper class) is rendered in place.
@@ -296,6 +309,40 @@ def _plain_text_renders_as_is(env: jinja2.Environment) -> bool:
         and env.line_comment_prefix is None
         and env.newline_sequence == "\n"
     )
+
+
+def _names_render_as_str(env: jinja2.Environment) -> bool:
+    """True when `{{ name }}` outputs str(value): default output delimiters, no finalize, no
+    autoescape (on top of _plain_text_renders_as_is)."""
+    return env.variable_end_string == "}}" and env.finalize is None and env.autoescape is False
+
+
+_EXPRESSION = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_NAME = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*")
+# names Jinja reads as literals or operators, not as variables
+_LITERALS = frozenset({"true", "false", "none", *keyword.kwlist})
+
+
+def _substitute_names(text: str, context: Mapping[str, Any]) -> str | None:
+    """`text` with each `{{ name }}` replaced by str(context[name]), or None when the text holds
+    anything else Jinja would interpret (a block, a comment, an expression that is not a bare
+    name, a name not in the context): Jinja renders those."""
+    if "{%" in text or "{#" in text:
+        return None
+    out: list[str] = []
+    at = 0
+    for match in _EXPRESSION.finditer(text):
+        name = _NAME.fullmatch(match.group(1))
+        if name is None or name.group(1) not in context or name.group(1) in _LITERALS:
+            return None
+        out.append(text[at : match.start()])
+        out.append(str(context[name.group(1)]))
+        at = match.end()
+    rest = text[at:]
+    if "{{" in rest:  # an expression never closed: Jinja's error to give
+        return None
+    out.append(rest)
+    return "".join(out)
 
 
 def _falsy(value: Any) -> bool:
