@@ -33,6 +33,7 @@ class DispatchRequest:
     dag: DagSpec
     file_hash: str
     run_context: Mapping[str, Any]  # run_id, logical date, data interval, conf, params
+    task_json: str | None = None  # the task's canonical JSON, where the spec cache has it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -149,6 +150,7 @@ class DispatchStep:
                     dag=dag,
                     file_hash=self.ctx.specs.file_hash(q.dag_id) or "",
                     run_context=_run_context(run, dag),
+                    task_json=self.ctx.specs.task_json(q.dag_id, q.task_id),
                 )
             )
         return out

@@ -110,7 +110,7 @@ def build_execute_request(req: DispatchRequest) -> worker_pb2.ExecuteRequest:
         logical_date=a.logical_date.isoformat(),
         fileloc=req.dag.fileloc,
         file_hash=req.file_hash,
-        task_json=task_to_json(task),
+        task_json=req.task_json or task_to_json(task),
         context_json=json.dumps(dict(req.run_context), sort_keys=True, allow_nan=False),
         execution_timeout_s=timeout,
         queue=a.queue,

@@ -1,0 +1,70 @@
+"""The spec cache hands out each DAG's decoded spec and, for dispatch, each task's canonical
+JSON taken from the stored form: it must be exactly what encoding the task gives."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.support.dags import register
+from tradewind.dag import DAG
+from tradewind_cluster.scheduler.grpc_dispatch import task_from_json, task_to_json
+from tradewind_cluster.scheduler.specs import SpecCache
+from tradewind_cluster.store.database import Database
+
+pytestmark = pytest.mark.store
+EXAMPLES = [
+    "tutorial",
+    "branching",
+    "trigger_rules",
+    "pool_fanout",
+    "taskflow_xcom",
+    "retries",
+    "catchup",
+]
+
+
+def _dags(module: str) -> list[DAG]:
+    mod = importlib.import_module(f"tradewind_cluster.example_dags.{module}")
+    return [v for v in vars(mod).values() if isinstance(v, DAG)]
+
+
+@pytest.mark.parametrize("module", EXAMPLES)
+def test_task_json_from_the_stored_spec_is_the_encoded_task(
+    database: Database, module: str
+) -> None:
+    cache = SpecCache()
+    now = datetime.now(UTC)
+    dags = _dags(module)
+    assert dags, f"no DAG in example {module}"
+    for dag in dags:
+        register(database, dag, now=now)
+        dag_id = dag.dag_id
+        spec = database.read(functools.partial(cache.get_many, dag_ids=[dag_id]))[dag_id]
+        assert spec.tasks
+        for task_id, task in spec.tasks.items():
+            stored = cache.task_json(dag.dag_id, task_id)
+            assert stored == task_to_json(task)
+            assert task_from_json(stored) == task
+        assert cache.task_json(dag.dag_id, "no-such-task") is None
+
+
+def test_task_json_is_dropped_with_a_new_version_of_the_dag(database: Database) -> None:
+    from tradewind.operators.bash import BashOperator
+
+    cache = SpecCache()
+    now = datetime.now(UTC)
+    with DAG("versions", schedule=None, start_date=datetime(2026, 1, 1)) as first:
+        BashOperator(task_id="t", bash_command="echo one")
+    register(database, first, now=now)
+    database.read(lambda c: cache.get_many(c, ["versions"]))
+    assert "echo one" in (cache.task_json("versions", "t") or "")
+    with DAG("versions", schedule=None, start_date=datetime(2026, 1, 1)) as second:
+        BashOperator(task_id="t", bash_command="echo two")
+    register(database, second, now=now)
+    database.read(lambda c: cache.get_many(c, ["versions"]))
+    assert "echo two" in (cache.task_json("versions", "t") or "")
+    assert cache.task_json("elsewhere", "t") is None
