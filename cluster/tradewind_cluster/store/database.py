@@ -116,17 +116,21 @@ class Database:
                 "options": f"-c statement_timeout={opts.statement_timeout_ms} -c timezone=UTC",
             },
         }
-        self.engine: Engine = sa.create_engine(
-            url, pool_size=opts.pool_size, max_overflow=opts.max_overflow, **common
-        )
         # Reads and single statements get connections of their own that stay in autocommit:
         # switching a pooled connection in and out of autocommit costs a SET and a BEGIN
-        # ISOLATION LEVEL each time.
+        # ISOLATION LEVEL each time. Each pool keeps pool_size connections (a smaller one
+        # opened and closed a connection per call under concurrent reports); they share
+        # max_overflow, so a process holds at most 2 * pool_size + max_overflow.
+        overflow = opts.max_overflow
+        shared = (overflow, overflow) if overflow < 0 else (overflow - overflow // 2, overflow // 2)
+        self.engine: Engine = sa.create_engine(
+            url, pool_size=opts.pool_size, max_overflow=shared[0], **common
+        )
         self.autocommit_engine: Engine = sa.create_engine(
             url,
             isolation_level="AUTOCOMMIT",
             pool_size=opts.pool_size,
-            max_overflow=opts.max_overflow,
+            max_overflow=shared[1],
             **common,
         )
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
 from tradewind_cluster.store.schema import task_attempt, task_log
@@ -67,6 +66,17 @@ def _known_tries(conn: Connection, chunks: Sequence[LogChunkIn]) -> dict[tuple[i
     return {(r[0], r[1]): r[2] for r in rows}
 
 
+# Every log-shipping call inserts a batch: one prebuilt statement of array parameters.
+_APPEND = sa.text(
+    """
+    INSERT INTO task_log (ti_id, try_number, seq, data)
+    SELECT * FROM unnest(CAST(:ti_id AS bigint[]), CAST(:try_number AS integer[]),
+                         CAST(:seq AS integer[]), CAST(:data AS text[]))
+    ON CONFLICT (ti_id, try_number, seq) DO NOTHING
+    """
+)
+
+
 def append_chunks(conn: Connection, chunks: Sequence[LogChunkIn]) -> ShipResult:
     """Store chunks whose attempt exists and whose try number is that attempt's; resent chunks
     are counted as stored without being written twice."""
@@ -86,15 +96,15 @@ def append_chunks(conn: Connection, chunks: Sequence[LogChunkIn]) -> ShipResult:
         else:
             keep[(c.ti_id, c.try_number, c.seq)] = c.data.replace("\x00", _REPLACEMENT)
     if keep:
+        rows = sorted(keep.items())
         conn.execute(
-            pg_insert(lg)
-            .values(
-                [
-                    {"ti_id": t, "try_number": n, "seq": s, "data": data}
-                    for (t, n, s), data in sorted(keep.items())
-                ]
-            )
-            .on_conflict_do_nothing(index_elements=[lg.c.ti_id, lg.c.try_number, lg.c.seq])
+            _APPEND,
+            {
+                "ti_id": [t for (t, _, _), _ in rows],
+                "try_number": [n for (_, n, _), _ in rows],
+                "seq": [q for (_, _, q), _ in rows],
+                "data": [data for _, data in rows],
+            },
         )
     stored = sum(1 for c in chunks if (c.ti_id, c.try_number, c.seq) in keep)
     return ShipResult(stored=stored, dropped=tuple(dropped))
