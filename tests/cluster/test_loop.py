@@ -193,3 +193,37 @@ def test_run_forever_wakes_on_work_and_stops(database: Database, replica) -> Non
         loop.waker.wake()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_depends_on_past_sees_the_earlier_run_moved_in_the_same_pass(  # type: ignore[no-untyped-def]
+    database: Database, replica
+) -> None:
+    """Runs are applied set-based per pass, except a DAG with depends_on_past tasks: its next
+    run, examined in the same pass, must see what the pass did to the run before it."""
+    loop, _ = replica
+    with DAG("past", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        EmptyOperator(task_id="e", depends_on_past=True)
+    now = datetime.now(UTC)
+    spec = register(database, dag, now=now)
+    first = trigger(database, spec, now - timedelta(minutes=2))
+    second = trigger(database, spec, now - timedelta(minutes=1))
+    loop.creator.run_once()  # starts both runs and creates their task instances
+    with database.engine.begin() as conn:  # the earlier run is claimed first
+        for pk, ago in ((first, 2), (second, 1)):
+            conn.execute(
+                sa.text(
+                    "UPDATE dag_run SET examine_after = now() - make_interval(secs => :s)"
+                    " WHERE id = :pk"
+                ),
+                {"s": ago, "pk": pk},
+            )
+    report = loop.examiner.run_once()
+    assert report.runs == 2
+    with database.engine.connect() as conn:
+        got = conn.execute(
+            sa.text(
+                "SELECT r.id, t.state FROM task_instance t JOIN dag_run r ON r.id = t.run_pk"
+                " WHERE t.dag_id = 'past'"
+            )
+        ).all()
+    assert dict(got) == {first: "success", second: "success"}

@@ -83,3 +83,42 @@ def test_a_backend_killed_while_pooled_is_replaced_without_pre_ping(database: Da
         lambda c: c.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
     )
     assert backend != pid
+
+
+def test_transient_failures_are_retried_up_to_the_limit_with_growing_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first try runs outside the retry loop; the loop then goes on counting: the number of
+    tries, the waits (exponential from 50 ms, capped) and the logged attempt numbers are those of
+    one loop of retry_max_attempts."""
+    from tradewind.errors import RetryableError, StoreUnavailableError
+    from tradewind_cluster.store import database as module
+    from tradewind_cluster.store.database import DatabaseOptions
+
+    db = Database(  # never connects: the work fails before touching the connection
+        "postgresql+psycopg2://nobody@/none?host=/nonexistent",
+        DatabaseOptions(retry_max_attempts=6, retry_max_wait_s=0.3),
+    )
+    bounds: list[tuple[int, float]] = []
+    logged: list[int] = []
+
+    def backoff(attempt: int, max_wait_s: float) -> float:  # the bound, and no sleeping
+        bounds.append((attempt, min(max_wait_s, 0.05 * 2 ** (attempt - 1))))
+        return 0.0
+
+    monkeypatch.setattr(module, "_backoff_s", backoff)
+    monkeypatch.setattr(module, "_log_failure", lambda attempt, exc: logged.append(attempt))
+    monkeypatch.setattr(type(db), "_once", staticmethod(lambda engine, fn, autocommit: fn(None)))
+    tries: list[int] = []
+
+    def work(conn: object) -> None:
+        tries.append(1)
+        raise RetryableError("the store went away")
+
+    with pytest.raises((RetryableError, StoreUnavailableError)):
+        db.read(work)
+    assert len(tries) == 6
+    assert logged == [1, 2, 3, 4, 5]
+    # (tenacity also works out a wait after the last try, then stops without sleeping)
+    assert bounds[:5] == [(1, 0.05), (2, 0.1), (3, 0.2), (4, 0.3), (5, 0.3)]
+    db.dispose()

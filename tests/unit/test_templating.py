@@ -242,6 +242,7 @@ _NAME_VALUES = {
     "none_value": None,
     "flag": True,
     "none": "a variable Jinja never reads",
+    "line": "ends with a newline\n",
 }
 _PIECES = st.one_of(
     st.text(alphabet=st.characters(blacklist_characters="\r"), max_size=8),
@@ -251,6 +252,7 @@ _PIECES = st.one_of(
             "{{try_number}}",
             "{{\n none_value\t}}",
             "{{ flag }}",
+            "{{ line }}",  # the value's newline stays; only the source's last one goes
             "{{ missing }}",  # not in the context: Jinja decides (StrictUndefined raises)
             "{{ none }}",  # a literal, not the variable
             "{{ run_id | upper }}",

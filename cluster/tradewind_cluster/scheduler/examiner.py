@@ -95,19 +95,25 @@ class RunExaminer:
             return ExaminationReport(), emissions
         specs = self.ctx.specs.get_many(conn, [r.dag_id for r in claimed])
         tis = store_examine.tis_by_run(conn, [r.id for r in claimed])
-        items: list[store_examine.Examined] = []
+        done: list[tuple[store_examine.Examined, store_examine.AppliedExamination]] = []
+        batch: list[store_examine.Examined] = []
         for run in claimed:
             spec = specs.get(run.dag_id)
             if spec is None:
                 continue
             run_tis = tis.get(run.id, [])
             exam = self._decide(conn, run, spec, run_tis, now, emissions)
-            items.append(store_examine.Examined(run=run, spec=spec, exam=exam, tis=run_tis))
-        applied_all = store_examine.apply_examinations(conn, items, now)
+            item = store_examine.Examined(run=run, spec=spec, exam=exam, tis=run_tis)
+            if any(t.depends_on_past for t in spec.tasks.values()):
+                # the next run of this DAG in the pass must see what this one just moved
+                done.append((item, store_examine.apply_examinations(conn, [item], now)[0]))
+            else:
+                batch.append(item)
+        done += zip(batch, store_examine.apply_examinations(conn, batch, now), strict=True)
         pools: set[str] = set()
         finished: list[tuple[str, str, DagRunState]] = []
         moved: Counter[str] = Counter()
-        for item, applied in zip(items, applied_all, strict=True):
+        for item, applied in done:
             run = item.run
             pools |= applied.scheduled_pools
             for (src, dst), n in applied.moved.items():

@@ -330,7 +330,9 @@ def record_finish(
     )
 
 
-# record_ended in one statement: lock the run and the task instance (dag_run → task_instance),
+# record_ended in one statement: lock the run and the task instance (dag_run → task_instance:
+# PostgreSQL locks a joined row's relations in the order of the FOR ... OF list; NO KEY UPDATE
+# still excludes the examiner's FOR UPDATE but not the KEY SHARE of foreign-key checks),
 # compare-and-set on (token, state), the attempt's history, the run's next examination and the
 # XComs the try returned. A single statement is atomic on its own: no BEGIN / COMMIT needed.
 _ENDED = sa.text(
@@ -340,7 +342,7 @@ _ENDED = sa.text(
                ti.try_number, ti.max_tries, ti.operator, ti.queue, ti.queued_at, ti.start_date
         FROM dag_run JOIN task_instance ti ON ti.run_pk = dag_run.id
         WHERE ti.id = :ti_id
-        FOR UPDATE OF dag_run, ti
+        FOR NO KEY UPDATE OF dag_run, ti
     ), go AS (
         SELECT cur.*, cur.state = 'queued' AS starts FROM cur
         WHERE cur.token = :token

@@ -21,7 +21,6 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_random_exponential,
 )
 
 from tradewind.errors import RetryableError, SchemaError, StoreUnavailableError
@@ -67,14 +66,19 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
+def _log_failure(attempt: int, exc: BaseException | None) -> None:
     log.warning(
         "database call failed (attempt %d), retrying: %s",
-        state.attempt_number,
+        attempt,
         type(exc).__name__ if exc else "?",
-        extra={"event": "db_retry", "attempt": state.attempt_number},
+        extra={"event": "db_retry", "attempt": attempt},
     )
+
+
+def _backoff_s(attempt: int, max_wait_s: float) -> float:
+    """The wait after failed attempt number `attempt`: random, exponential from 50 ms, capped
+    (tenacity's wait_random_exponential(multiplier=0.05, max=max_wait_s))."""
+    return random.uniform(0, min(max_wait_s, 0.05 * 2 ** (attempt - 1)))
 
 
 def _describe(exc: BaseException) -> str:
@@ -135,12 +139,22 @@ class Database:
         )
 
     def _retrying(self, attempts: int | None = None, *, already: int = 0) -> Retrying:
-        """The retry loop for what is left of `attempts` after `already` failed ones."""
+        """The retry loop for what is left of `attempts` after `already` failed ones: its
+        waits and log lines go on counting from there."""
+        max_wait = self.options.retry_max_wait_s
+
+        def wait(state: RetryCallState) -> float:
+            return _backoff_s(state.attempt_number + already, max_wait)
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            _log_failure(state.attempt_number + already, exc)
+
         return Retrying(
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt((attempts or self.options.retry_max_attempts) - already),
-            wait=wait_random_exponential(multiplier=0.05, max=self.options.retry_max_wait_s),
-            before_sleep=_log_retry,
+            wait=wait,
+            before_sleep=before_sleep,
             reraise=True,
         )
 
@@ -172,13 +186,8 @@ class Database:
             except Exception as exc:
                 if not is_transient(exc) or (attempts or self.options.retry_max_attempts) < 2:
                     raise
-                log.warning(
-                    "database call failed (attempt 1), retrying: %s",
-                    type(exc).__name__,
-                    extra={"event": "db_retry", "attempt": 1},
-                )
-                # as tenacity's wait_random_exponential(0.05) before its first retry
-                time.sleep(random.uniform(0, min(0.05, self.options.retry_max_wait_s)))
+                _log_failure(1, exc)
+                time.sleep(_backoff_s(1, self.options.retry_max_wait_s))
             for attempt in self._retrying(attempts, already=1):
                 with attempt:
                     return self._once(engine, fn, autocommit)

@@ -276,9 +276,10 @@ class Renderer:
         if self._names and "\r" not in text:
             # Only {{ name }} of names in the context: what Jinja would output, without
             # compiling (each distinct template costs milliseconds to compile, once per process).
-            substituted = _substitute_names(text, self.context)
+            # Jinja drops the source's trailing newline, never one a value ends with
+            substituted = _substitute_names(self._trailing(text), self.context)
             if substituted is not None:
-                return self._trailing(substituted)
+                return substituted
         return _compiled(self.env, text).render(self.context)
 
     def _trailing(self, text: str) -> str:
