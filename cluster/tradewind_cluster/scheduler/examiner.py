@@ -102,9 +102,10 @@ class RunExaminer:
             if spec is None:
                 continue
             run_tis = tis.get(run.id, [])
-            exam = self._decide(conn, run, spec, run_tis, now, emissions)
+            past = [t.task_id for t in spec.tasks.values() if t.depends_on_past]
+            exam = self._decide(conn, run, spec, run_tis, past, now, emissions)
             item = store_examine.Examined(run=run, spec=spec, exam=exam, tis=run_tis)
-            if any(t.depends_on_past for t in spec.tasks.values()):
+            if past:
                 # the next run of this DAG in the pass must see what this one just moved
                 done.append((item, store_examine.apply_examinations(conn, [item], now)[0]))
             else:
@@ -142,10 +143,10 @@ class RunExaminer:
         run: RunRow,
         spec: DagSpec,
         tis: list[TaskInstanceRow],
+        past: list[str],
         now: datetime,
         emissions: _Emissions,
     ) -> RunExamination:
-        past = [t.task_id for t in spec.tasks.values() if t.depends_on_past]
         previous = store_examine.previous_states(conn, run, past) if past else {}
         view = RunView(
             run_id=run.run_id,

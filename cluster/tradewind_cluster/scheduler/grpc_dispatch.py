@@ -32,6 +32,7 @@ from tradewind_cluster.rpc.security import call_metadata
 from tradewind_cluster.rpc.server import RpcOptions, open_channel
 from tradewind_cluster.scheduler.context import SchedulerContext
 from tradewind_cluster.scheduler.dispatching import DispatchRequest, DispatchResult
+from tradewind_cluster.scheduler.specs import canonical_task_json
 from tradewind_cluster.store import workers as store_workers
 from tradewind_cluster.store.database import Connection, Database
 from tradewind_cluster.store.workers import WorkerRow
@@ -65,23 +66,11 @@ _SHELL = DagSpec(
 )
 
 
-# task_to_json by TaskSpec object (every dispatch encodes its task; the SpecCache keeps the
-# specs alive, and the identity check makes a recycled id() a miss, not a wrong hit).
-_ENCODED: dict[int, tuple[TaskSpec, str]] = {}
-_ENCODED_MAX = 10_000
-
-
 def task_to_json(task: TaskSpec) -> str:
-    """One TaskSpec as canonical JSON (the DagSpec codec's form of a task) for task_json."""
-    hit = _ENCODED.get(id(task))
-    if hit is not None and hit[0] is task:
-        return hit[1]
+    """One TaskSpec as canonical JSON (the DagSpec codec's form of a task) for task_json, when
+    the spec cache has not got it already (SpecCache.task_json)."""
     data = spec_to_dict(replace(_SHELL, tasks={task.task_id: task}))["dag"]["tasks"][0]
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    if len(_ENCODED) >= _ENCODED_MAX:
-        _ENCODED.clear()
-    _ENCODED[id(task)] = (task, text)
-    return text
+    return canonical_task_json(data)
 
 
 def task_from_json(text: str | bytes) -> TaskSpec:

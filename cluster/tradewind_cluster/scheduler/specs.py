@@ -13,7 +13,7 @@ from tradewind.spec import DagSpec
 from tradewind_cluster.store.database import Connection
 from tradewind_cluster.store.serialized import spec_hashes, spec_payloads
 
-__all__ = ["SpecCache"]
+__all__ = ["SpecCache", "canonical_task_json"]
 
 
 class SpecCache:
@@ -23,7 +23,7 @@ class SpecCache:
         self._lock = threading.Lock()
         self._specs: dict[str, tuple[str, DagSpec, str]] = {}
         self._payloads: dict[str, Mapping[str, Any]] = {}  # dag_id -> its stored JSON
-        self._task_json: dict[tuple[str, str], str] = {}
+        self._task_json: dict[str, dict[str, str]] = {}  # dag_id -> task_id -> its JSON
 
     def get_many(self, conn: Connection, dag_ids: Sequence[str]) -> dict[str, DagSpec]:
         """The current spec of each DAG that has one (DAGs never parsed are left out)."""
@@ -41,8 +41,7 @@ class SpecCache:
                 self._specs.update(fresh)
                 for d, row in rows.items():
                     self._payloads[d] = row.data
-                    for key in [k for k in self._task_json if k[0] == d]:
-                        del self._task_json[key]
+                    self._task_json.pop(d, None)
         with self._lock:
             return {d: self._specs[d][1] for d in hashes if d in self._specs}
 
@@ -56,20 +55,25 @@ class SpecCache:
         """The task's canonical JSON (what the DAG's codec stored for it, as task_json of an
         ExecuteRequest wants it), taken from the cached DAG's stored form instead of encoding
         the task again; None when the cache does not hold it."""
-        key = (dag_id, task_id)
         with self._lock:
-            found = self._task_json.get(key)
+            tasks = self._task_json.get(dag_id)
             payload = self._payloads.get(dag_id)
-        if found is not None or payload is None:
-            return found
-        tasks = payload.get("dag", {}).get("tasks", []) if isinstance(payload, Mapping) else []
-        entry = next(
-            (t for t in tasks if isinstance(t, Mapping) and t.get("task_id") == task_id), None
-        )
-        if entry is None:
-            return None
-        text = json.dumps(entry, sort_keys=True, separators=(",", ":"), allow_nan=False)
-        with self._lock:
-            if self._payloads.get(dag_id) is payload:  # not replaced meanwhile
-                self._task_json[key] = text
-        return text
+        if tasks is None:
+            if payload is None:
+                return None
+            stored = payload.get("dag", {}).get("tasks", []) if isinstance(payload, Mapping) else []
+            tasks = {
+                t["task_id"]: canonical_task_json(t)
+                for t in stored
+                if isinstance(t, Mapping) and isinstance(t.get("task_id"), str)
+            }
+            with self._lock:
+                if self._payloads.get(dag_id) is payload:  # not replaced meanwhile
+                    self._task_json[dag_id] = tasks
+        return tasks.get(task_id)
+
+
+def canonical_task_json(data: Mapping[str, Any]) -> str:
+    """A task as the DagSpec codec encodes it, in canonical JSON text (sorted keys, no spaces):
+    the form of an ExecuteRequest's task_json."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)

@@ -10,9 +10,10 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 
 from tradewind.scheduling.retries import AttemptOutcome, OutcomeDecision
 from tradewind.states import TaskInstanceState
@@ -215,6 +216,21 @@ def record_start(
     return result, start
 
 
+def _ending_try(row: Row[Any], *, starts: bool, started_at: datetime | None) -> AttemptStart:
+    """The try a finish report ends, from the task instance row read before the change; a
+    report that also starts it counts it and takes the worker's start time."""
+    return AttemptStart(
+        dag_id=row.dag_id,
+        task_id=row.task_id,
+        try_number=row.try_number + 1 if starts else row.try_number,
+        max_tries=row.max_tries,
+        operator=row.operator,
+        queue=row.queue,
+        queued_at=row.queued_at,
+        start_date=started_at if starts else row.start_date,
+    )
+
+
 # record_finish, prebuilt (every report runs them). Lock order dag_run → task_instance.
 _FINISH_READ = sa.text(
     """
@@ -285,16 +301,7 @@ def record_finish(
     starts = started_at is not None and cur.state == "queued"
     if cur.token != token or (cur.state != "running" and not starts):
         return _refused(cur.state, cur.token, token)
-    start = AttemptStart(
-        dag_id=cur.dag_id,
-        task_id=cur.task_id,
-        try_number=cur.try_number + 1 if starts else cur.try_number,
-        max_tries=cur.max_tries,
-        operator=cur.operator,
-        queue=cur.queue,
-        queued_at=cur.queued_at,
-        start_date=started_at if starts else cur.start_date,
-    )
+    start = _ending_try(cur, starts=starts, started_at=started_at)
     decision = decide(start)
     # The run is locked, the task instance is not: the compare-and-set in _FINISH is the fence.
     done = conn.execute(
@@ -439,16 +446,7 @@ def record_ended(
         accepted=True,
         state=state,
         run_pk=row.run_pk,
-        attempt=AttemptStart(
-            dag_id=row.dag_id,
-            task_id=row.task_id,
-            try_number=row.try_number + 1 if row.starts else row.try_number,
-            max_tries=row.max_tries,
-            operator=row.operator,
-            queue=row.queue,
-            queued_at=row.queued_at,
-            start_date=started_at if row.starts else row.start_date,
-        ),
+        attempt=_ending_try(row, starts=bool(row.starts), started_at=started_at),
         run_id=row.run_id,
         started=bool(row.starts),
     )

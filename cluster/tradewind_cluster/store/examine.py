@@ -26,7 +26,6 @@ from tradewind_cluster.store.task_instances import set_tis_state
 __all__ = [
     "AppliedExamination",
     "Examined",
-    "apply_examination",
     "apply_examinations",
     "claim_runs_to_examine",
     "flag_dags_for_run_check",
@@ -118,18 +117,6 @@ class Examined:
     spec: DagSpec
     exam: RunExamination
     tis: Sequence[TaskInstanceRow]
-
-
-def apply_examination(
-    conn: Connection,
-    run: RunRow,
-    spec: DagSpec,
-    exam: RunExamination,
-    tis: Sequence[TaskInstanceRow],
-    now: datetime,
-) -> AppliedExamination:
-    """Apply one examination (apply_examinations of one run)."""
-    return apply_examinations(conn, [Examined(run=run, spec=spec, exam=exam, tis=tis)], now)[0]
 
 
 def apply_examinations(

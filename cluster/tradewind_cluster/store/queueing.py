@@ -228,7 +228,6 @@ _QUEUE = sa.text(
     FROM moved
     JOIN attempt ON attempt.ti_id = moved.id
     JOIN dag_run ON dag_run.id = moved.run_pk
-    ORDER BY moved.id
     """
 ).columns(logical_date=sa.DateTime(timezone=True), scheduled_at=sa.DateTime(timezone=True))
 

@@ -147,9 +147,8 @@ def replace_task_xcoms(
     conn: Connection, *, dag_id: str, run_id: str, task_id: str, values: Sequence[tuple[str, str]]
 ) -> None:
     """One statement: delete the task instance's XComs except `values`' keys, and store
-    `values` (a new try starting and ending in one report, with the database backend). A key
-    given twice keeps its last value (one INSERT may not touch a row twice). A prebuilt
-    statement with array parameters: it is on every report's path."""
+    `values` (empty for a failed try that its report also started). A key given twice keeps
+    its last value (one INSERT may not touch a row twice)."""
     kept = dict(values)
     conn.execute(
         _REPLACE,
