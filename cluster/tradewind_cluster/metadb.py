@@ -22,6 +22,7 @@ def database_options(settings: Settings, application_name: str = "tradewind") ->
         pool_size=d.pool_size,
         max_overflow=d.max_overflow,
         pool_recycle_s=d.pool_recycle_s,
+        pool_timeout_s=d.pool_timeout_s,
         connect_timeout_s=d.connect_timeout_s,
         statement_timeout_ms=d.statement_timeout_ms,
         retry_max_attempts=d.retry_max_attempts,

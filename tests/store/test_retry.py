@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import sqlalchemy as sa
 
-from tradewind.errors import SchemaError
-from tradewind_cluster.store.database import Database, is_transient
+from tradewind.errors import SchemaError, StoreUnavailableError
+from tradewind_cluster.store.database import Database, DatabaseOptions, is_transient
 
 pytestmark = pytest.mark.store
 
@@ -122,3 +126,35 @@ def test_transient_failures_are_retried_up_to_the_limit_with_growing_waits(
     # (tenacity also works out a wait after the last try, then stops without sleeping)
     assert bounds[:5] == [(1, 0.05), (2, 0.1), (3, 0.2), (4, 0.3), (5, 0.3)]
     db.dispose()
+
+
+def test_an_exhausted_pool_is_store_unavailable_and_keeps_its_connections(db_url: str) -> None:
+    """Every pooled connection busy: the call fails within pool_timeout_s as "store
+    unavailable" (the caller's next pass tries again), not as an unexpected error. The
+    autocommit pool keeps the connections it opened (no session opened and closed per burst)."""
+    db = Database(db_url, DatabaseOptions(pool_size=1, max_overflow=2, pool_timeout_s=0.2))
+    try:
+        pid = lambda c: c.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()  # noqa: E731
+        held, release = threading.Barrier(3), threading.Event()
+
+        def hold(conn: sa.Connection) -> int:
+            held.wait(5)
+            release.wait(5)
+            return pid(conn)
+
+        holders = ThreadPoolExecutor(2)
+        futures = [holders.submit(db.read, hold) for _ in range(2)]  # 1 + its overflow share 1
+        held.wait(5)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="pool"):
+            db.read(pid)
+        assert time.monotonic() - started < 5
+        release.set()
+        first = {f.result(5) for f in futures}
+        holders.shutdown()
+        assert len(first) == 2
+        # both stay pooled (an overflow connection would have been closed on its return)
+        assert db.autocommit_engine.pool.checkedin() == 2
+        assert {db.read(pid) for _ in range(4)} <= first
+    finally:
+        db.dispose()

@@ -164,6 +164,9 @@ class DatabaseSettings(_Section):
     pool_size: Annotated[int, Field(ge=0)] = 5  # 0 = no limit, as in SQLAlchemy and Airflow
     max_overflow: Annotated[int, Field(ge=-1)] = 10  # -1 = no overflow limit
     pool_recycle_s: WholeSeconds = 1800
+    # How long a call waits for a pooled connection when all are in use; then the call fails
+    # as "store unavailable" and the caller tries again on its next pass.
+    pool_timeout_s: Seconds = 30.0
     connect_timeout_s: WholeSeconds = 5  # libpq takes whole seconds
     statement_timeout_ms: Count = 30000
     # Test each pooled connection before use: one more round trip per transaction. Off (the

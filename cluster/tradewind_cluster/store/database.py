@@ -44,6 +44,7 @@ class DatabaseOptions:
     pool_size: int = 5
     max_overflow: int = 10
     pool_recycle_s: int = 1800
+    pool_timeout_s: float = 30.0
     connect_timeout_s: int = 5
     statement_timeout_ms: int = 30_000
     retry_max_attempts: int = 10
@@ -93,6 +94,14 @@ def unavailable_as_error() -> Iterator[None]:
     missing table into SchemaError."""
     try:
         yield
+    except sa.exc.TimeoutError as exc:
+        # Every pooled connection of this process is busy: the store may be fine, but this
+        # process cannot reach it now. Not retried here: each try would wait the whole
+        # pool_timeout again; the caller's next pass (or the worker's resend) tries again.
+        raise StoreUnavailableError(
+            f"no free metadata database connection in this process's pool ({exc}); raise "
+            "database.pool_size or database.max_overflow, or lower the load on this process"
+        ) from exc
     except sa.exc.DBAPIError as exc:
         if is_transient(exc):
             raise StoreUnavailableError(f"metadata database unreachable: {_describe(exc)}") from exc
@@ -102,6 +111,20 @@ def unavailable_as_error() -> Iterator[None]:
                 "run `tradewind db upgrade`"
             ) from exc
         raise
+
+
+def _overflow_share(opts: DatabaseOptions) -> tuple[int, int]:
+    """max_overflow split between the transactional and the autocommit pool (-1: no limit)."""
+    overflow = opts.max_overflow
+    return (overflow, overflow) if overflow < 0 else (overflow - overflow // 2, overflow // 2)
+
+
+def _autocommit_pool(opts: DatabaseOptions) -> dict[str, int]:
+    """The autocommit pool keeps pool_size plus its overflow share: no overflow to close."""
+    share = _overflow_share(opts)[1]
+    if opts.pool_size == 0 or share < 0:  # no limit either way: as configured
+        return {"pool_size": opts.pool_size, "max_overflow": share}
+    return {"pool_size": opts.pool_size + share, "max_overflow": 0}
 
 
 class Database:
@@ -114,6 +137,7 @@ class Database:
         common = {
             "pool_pre_ping": opts.pool_pre_ping,
             "pool_recycle": opts.pool_recycle_s,
+            "pool_timeout": opts.pool_timeout_s,
             "connect_args": {
                 "connect_timeout": opts.connect_timeout_s,
                 "application_name": opts.application_name,
@@ -122,20 +146,16 @@ class Database:
         }
         # Reads and single statements get connections of their own that stay in autocommit:
         # switching a pooled connection in and out of autocommit costs a SET and a BEGIN
-        # ISOLATION LEVEL each time. Each pool keeps pool_size connections (a smaller one
-        # opened and closed a connection per call under concurrent reports); they share
-        # max_overflow, so a process holds at most 2 * pool_size + max_overflow.
-        overflow = opts.max_overflow
-        shared = (overflow, overflow) if overflow < 0 else (overflow - overflow // 2, overflow // 2)
+        # ISOLATION LEVEL each time. The two share max_overflow, so a process holds at most
+        # 2 * pool_size + max_overflow. The autocommit pool keeps its share of the overflow open
+        # once opened: concurrent reports (up to 4 per worker) go past pool_size in every burst,
+        # and an overflow connection is closed when it is returned, so each burst opened and
+        # closed PostgreSQL sessions (a fork and a catalog warm-up on the server each time).
         self.engine: Engine = sa.create_engine(
-            url, pool_size=opts.pool_size, max_overflow=shared[0], **common
+            url, pool_size=opts.pool_size, max_overflow=_overflow_share(opts)[0], **common
         )
         self.autocommit_engine: Engine = sa.create_engine(
-            url,
-            isolation_level="AUTOCOMMIT",
-            pool_size=opts.pool_size,
-            max_overflow=shared[1],
-            **common,
+            url, isolation_level="AUTOCOMMIT", **_autocommit_pool(opts), **common
         )
 
     def _retrying(self, attempts: int | None = None, *, already: int = 0) -> Retrying:
