@@ -4,14 +4,17 @@ slow for it (or one needing the task API) goes to a task process instead."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
+from dataclasses import replace
 
 from tradewind.dag import DAG
 from tradewind.operators.bash import BashOperator
 from tradewind.serialization import dag_to_spec, spec_to_dict
-from tradewind_cluster.worker.direct_bash import RENDER_BUDGET_S, plan_direct
-from tradewind_cluster.worker.launch import Launch
+from tradewind_cluster.worker.direct_bash import RENDER_BUDGET_S, plan_direct, start_direct
+from tradewind_cluster.worker.launch import Launch, Outcome
+from tradewind_cluster.worker.runtime import decode_task
 
 
 def _launch(command: str) -> Launch:
@@ -52,3 +55,34 @@ def test_a_slow_template_is_abandoned_here_within_the_budget() -> None:
     assert signal.getsignal(signal.SIGALRM) == handler
     assert (signal.getitimer(signal.ITIMER_REAL)[0] > 0) == had_timer
     assert plan_direct(_launch("echo ok")) is not None
+
+
+def test_a_direct_attempt_runs_in_a_fresh_temporary_directory_removed_after(tmp_path) -> None:
+    log_path = tmp_path / "attempt.log"
+    dirs = []
+    for _ in range(2):
+        launch = replace(_launch("pwd; touch left_behind"), log_path=str(log_path))
+        plan = plan_direct(launch)
+        assert plan is not None
+        assert plan.cwd is None
+        attempt = start_direct(launch, plan)
+        _, status = os.waitpid(attempt.pid, 0)
+        result = attempt.finish(os.waitstatus_to_exitcode(status))
+        assert result is not None
+        assert result.outcome is Outcome.SUCCESS
+        cwd = attempt.tmpdir
+        assert cwd is not None
+        assert os.path.basename(cwd).startswith("tradewindtmp")
+        assert os.path.exists(os.path.join(cwd, "left_behind"))  # until the outcome went out
+        attempt.cleanup()
+        assert not os.path.exists(cwd)
+        assert cwd in log_path.read_text()  # the command ran there
+        dirs.append(cwd)
+    assert dirs[0] != dirs[1]  # each attempt gets its own
+
+
+def test_a_task_decoded_twice_is_the_same_spec() -> None:
+    launch = _launch("echo {{ ds }}")
+    first = decode_task(launch.task_json, "t")
+    assert decode_task(launch.task_json, "t") is first
+    assert first.fields["bash_command"] == "echo {{ ds }}"

@@ -14,6 +14,7 @@ value, as Airflow's BashOperator pushes it."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -111,8 +112,13 @@ class DirectBash:
             return result
         finally:
             os.close(self.log_fd)
-            if self.tmpdir is not None:
-                shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def cleanup(self) -> None:
+        """Remove the attempt's temporary directory: after its outcome went out, so a report
+        never waits for the file system."""
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
 
     def _last_line(self) -> str:
         """The last line the command printed ("" for none), as Airflow's readline loop sees
@@ -134,11 +140,25 @@ class DirectBash:
         return line.decode(self.plan.encoding, errors="backslashreplace").rstrip()
 
 
-def _log(fd: int, level: int, message: str) -> None:
+def _line(level: int, message: str) -> str:
     record = logging.LogRecord(__name__, level, __file__, 0, message, None, None)
-    data = (_FORMAT.format(record) + "\n").encode()
+    return _FORMAT.format(record) + "\n"
+
+
+def _write(fd: int, text: str) -> None:
+    data = text.encode()
     while data:
         data = data[os.write(fd, data) :]
+
+
+def _log(fd: int, level: int, message: str) -> None:
+    _write(fd, _line(level, message))
+
+
+@functools.lru_cache(maxsize=64)
+def _bash_for(path: str | None) -> str:
+    """The bash executable on PATH (cached: a spawn would otherwise stat every PATH entry)."""
+    return shutil.which("bash", path=path) or "bash"
 
 
 def plan_direct(launch: Launch) -> BashPlan | None:
@@ -203,15 +223,17 @@ def start_direct(launch: Launch, plan: BashPlan) -> DirectBash:
     fd = os.open(launch.log_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     tmpdir = None
     try:
-        _log(
+        bash = _bash_for(plan.env.get("PATH"))
+        _write(
             fd,
-            logging.INFO,
-            f"Running <TaskInstance: {launch.dag_id}.{launch.task_id} {launch.run_id} "
-            f"[running]> try {launch.try_number} on host {launch.hostname}",
+            _line(
+                logging.INFO,
+                f"Running <TaskInstance: {launch.dag_id}.{launch.task_id} {launch.run_id} "
+                f"[running]> try {launch.try_number} on host {launch.hostname}",
+            )
+            + _line(logging.INFO, f"Running command: {[bash, '-c', plan.command]}")
+            + _line(logging.INFO, "Output:"),
         )
-        bash = shutil.which("bash", path=plan.env.get("PATH")) or "bash"
-        _log(fd, logging.INFO, f"Running command: {[bash, '-c', plan.command]}")
-        _log(fd, logging.INFO, "Output:")
         cwd = plan.cwd
         if cwd is None:
             cwd = tmpdir = tempfile.mkdtemp(prefix="tradewindtmp")
@@ -225,10 +247,12 @@ def start_direct(launch: Launch, plan: BashPlan) -> DirectBash:
             env=plan.env,
             process_group=0,
         )
-    except BaseException:
+    except BaseException as exc:
         os.close(fd)
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
+        if isinstance(exc, FileNotFoundError):
+            _bash_for.cache_clear()  # bash moved since it was looked up: look again next time
         raise
     return DirectBash(
         launch=launch, plan=plan, popen=popen, log_fd=fd, output_at=output_at, tmpdir=tmpdir

@@ -181,6 +181,7 @@ class _Server:
         if result is not None:
             self.send({"ev": "child", "key": key, "event": result_event(result)})
         self.send({"ev": "exited", "key": key, "pid": attempt.pid, "status": code})
+        attempt.cleanup()
 
     def _signal(self, key: str, signum: int) -> None:
         pid = self.by_key.get(key)

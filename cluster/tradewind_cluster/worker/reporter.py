@@ -45,7 +45,11 @@ class Reporter:
         self._max_backoff_s = max_backoff_s
         self._rng = rng or random.Random()
         self._queue: collections.deque[PendingReport] = collections.deque()
-        self._cond = threading.Condition()
+        # One lock, two conditions: senders wait for work, flush waits for answers. A new
+        # report wakes one sender, not every sender and flush.
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        self._work = threading.Condition(lock)
         self._closed = False
         self._failures = 0
         self._in_flight: set[tuple[int, int]] = set()  # attempts with a report being sent
@@ -54,7 +58,7 @@ class Reporter:
         """Queue a report behind those already waiting."""
         with self._cond:
             self._queue.append(report)
-            self._cond.notify_all()
+            self._work.notify()
 
     def pending(self) -> int:
         """Reports not yet answered."""
@@ -65,6 +69,7 @@ class Reporter:
         """Stop `run` after the report in flight."""
         with self._cond:
             self._closed = True
+            self._work.notify_all()
             self._cond.notify_all()
 
     def run(self) -> None:
@@ -73,7 +78,7 @@ class Reporter:
             with self._cond:
                 report = self._next_sendable()
                 while report is None and not self._closed:
-                    self._cond.wait()
+                    self._work.wait()
                     report = self._next_sendable()
                 if self._closed or report is None:
                     return
@@ -84,9 +89,10 @@ class Reporter:
                 if settled:
                     with contextlib.suppress(ValueError):
                         self._queue.remove(report)
+                self._work.notify(len(self._queue))  # e.g. a later report of this attempt
                 self._cond.notify_all()
                 if not settled:
-                    self._cond.wait(self._backoff())
+                    self._work.wait(self._backoff())
 
     def _next_sendable(self) -> PendingReport | None:
         """The oldest report whose attempt has nothing in flight (keeps per-attempt order)."""
