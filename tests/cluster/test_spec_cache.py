@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -68,3 +68,27 @@ def test_task_json_is_dropped_with_a_new_version_of_the_dag(database: Database) 
     database.read(lambda c: cache.get_many(c, ["versions"]))
     assert "echo two" in (cache.task_json("versions", "t") or "")
     assert cache.task_json("elsewhere", "t") is None
+
+
+def test_an_entry_keeps_one_version_while_the_cache_moves_on(database: Database) -> None:
+    """Dispatch takes spec, file hash and task JSON from one entry: a refresh by another thread
+    in between must not pair one version's task JSON with another's spec."""
+    from tradewind.operators.bash import BashOperator
+
+    cache = SpecCache()
+    now = datetime.now(UTC)
+    with DAG("pinned", schedule=None, start_date=datetime(2026, 1, 1)) as first:
+        BashOperator(task_id="t", bash_command="echo one")
+    register(database, first, now=now)
+    old = database.read(lambda c: cache.entries(c, ["pinned"]))["pinned"]
+    with DAG("pinned", schedule=None, start_date=datetime(2026, 1, 1)) as second:
+        BashOperator(task_id="t", bash_command="echo two", execution_timeout=timedelta(seconds=5))
+    register(database, second, now=now)
+    new = database.read(lambda c: cache.entries(c, ["pinned"]))["pinned"]
+    assert new.spec_hash != old.spec_hash
+    assert "echo one" in (old.task_json("t") or "")
+    assert old.spec.tasks["t"].execution_timeout is None
+    assert task_from_json(old.task_json("t") or "") == old.spec.tasks["t"]
+    assert "echo two" in (new.task_json("t") or "")
+    assert task_from_json(new.task_json("t") or "") == new.spec.tasks["t"]
+    assert cache.task_json("pinned", "t") == new.task_json("t")

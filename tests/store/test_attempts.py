@@ -150,7 +150,7 @@ def test_dispatch_marks_in_one_batch_only_attempts_still_queued_under_their_toke
     from tradewind_cluster.store.attempts import Dispatched, mark_dispatched_many
 
     q = queued_attempt(database)
-    moved = database.transaction(
+    moved = database.statement(  # one statement: the hot path runs it in autocommit
         lambda c: mark_dispatched_many(
             c,
             [
@@ -169,3 +169,27 @@ def test_dispatch_marks_in_one_batch_only_attempts_still_queued_under_their_toke
             sa.text("SELECT worker, dispatched_at, trace_context FROM task_attempt")
         ).one()
     assert tuple(attempt) == ("w1", NOW, "00-ab")
+
+
+def test_dispatch_marks_keep_the_attempt_history_when_the_report_came_first(
+    database: Database,
+) -> None:
+    """A fast task's report can be applied before the dispatcher stores the worker's answer: the
+    task instance has moved on and keeps its state; the attempt row still gets its worker."""
+    from tradewind_cluster.store.attempts import Dispatched, mark_dispatched_many
+
+    q = queued_attempt(database)
+    database.transaction(lambda c: record_start(c, q.ti_id, q.token, worker_id="w1", now=NOW))
+    later = NOW + timedelta(seconds=1)
+    moved = database.statement(
+        lambda c: mark_dispatched_many(
+            c, [Dispatched(ti_id=q.ti_id, token=q.token, worker_id="w1")], now=later
+        )
+    )
+    assert moved == 0
+    row = database.read(lambda c: get_ti(c, q.ti_id))
+    assert row is not None
+    assert row.state == TI.RUNNING
+    with database.engine.connect() as conn:
+        attempt = conn.execute(sa.text("SELECT worker, dispatched_at FROM task_attempt")).one()
+    assert tuple(attempt) == ("w1", later)

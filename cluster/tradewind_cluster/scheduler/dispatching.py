@@ -108,7 +108,11 @@ class DispatchStep:
         requests = self.ctx.db.read(lambda c: self._requests(c, queued, recheck=retried))
         results = self.dispatcher.dispatch(requests) if requests else []
         accepted_at = self.ctx.clock()
-        self.ctx.db.transaction(lambda c: self._apply(c, results, now))
+        if all(r.worker_id is not None for r in results):
+            # The usual pass: every attempt accepted, the marks are one autocommit statement.
+            self.ctx.db.statement(lambda c: self._apply(c, results, now))
+        else:
+            self.ctx.db.transaction(lambda c: self._apply(c, results, now))
         self._pending = {}
         for q in queued:
             self.ctx.metrics.incr("scheduler.tasks.dispatched", queue=q.queue)
@@ -136,21 +140,23 @@ class DispatchStep:
             wanted = {(q.ti_id, q.token) for q in recheck}
             still = store_workers.undispatched(conn, sorted(wanted))
             queued = [q for q in queued if (q.ti_id, q.token) not in wanted - still]
-        specs = self.ctx.specs.get_many(conn, [q.dag_id for q in queued])
+        # One version of each DAG for spec, file hash and task JSON alike: another thread may
+        # refresh the cache meanwhile, and a request must not mix two versions.
+        dags = self.ctx.specs.entries(conn, [q.dag_id for q in queued])
         runs = store_runs.runs_by_key(conn, [(q.dag_id, q.run_id) for q in queued])
         out: list[DispatchRequest] = []
         for q in queued:
-            dag, run = specs.get(q.dag_id), runs.get((q.dag_id, q.run_id))
-            if dag is None or run is None or q.task_id not in dag.tasks:
+            cached, run = dags.get(q.dag_id), runs.get((q.dag_id, q.run_id))
+            if cached is None or run is None or q.task_id not in cached.spec.tasks:
                 continue
             out.append(
                 DispatchRequest(
                     attempt=q,
-                    task=dag.tasks[q.task_id],
-                    dag=dag,
-                    file_hash=self.ctx.specs.file_hash(q.dag_id) or "",
-                    run_context=_run_context(run, dag),
-                    task_json=self.ctx.specs.task_json(q.dag_id, q.task_id),
+                    task=cached.spec.tasks[q.task_id],
+                    dag=cached.spec,
+                    file_hash=cached.file_hash or "",
+                    run_context=_run_context(run, cached.spec),
+                    task_json=cached.task_json(q.task_id),
                 )
             )
         return out

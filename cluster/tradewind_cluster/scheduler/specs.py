@@ -13,64 +13,82 @@ from tradewind.spec import DagSpec
 from tradewind_cluster.store.database import Connection
 from tradewind_cluster.store.serialized import spec_hashes, spec_payloads
 
-__all__ = ["SpecCache", "canonical_task_json"]
+__all__ = ["CachedDag", "SpecCache", "canonical_task_json"]
 
 
-class SpecCache:
-    """dag_id → (hash, DagSpec, file hash). Safe to share between threads."""
+class CachedDag:
+    """One stored version of a DAG: its decoded spec, the hash of the file it came from and
+    its tasks' canonical JSON, all of the same version (dispatch takes them together)."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._specs: dict[str, tuple[str, DagSpec, str]] = {}
-        self._payloads: dict[str, Mapping[str, Any]] = {}  # dag_id -> its stored JSON
-        self._task_json: dict[str, dict[str, str]] = {}  # dag_id -> task_id -> its JSON
+    __slots__ = ("_task_json", "file_hash", "payload", "spec", "spec_hash")
 
-    def get_many(self, conn: Connection, dag_ids: Sequence[str]) -> dict[str, DagSpec]:
-        """The current spec of each DAG that has one (DAGs never parsed are left out)."""
-        ids = sorted(set(dag_ids))
-        hashes = spec_hashes(conn, ids)
-        with self._lock:
-            stale = [d for d, h in hashes.items() if self._specs.get(d, ("",))[0] != h]
-        if stale:
-            rows = spec_payloads(conn, stale)
-            fresh = {
-                d: (row.spec_hash, spec_from_dict(row.data), row.file_hash)
-                for d, row in rows.items()
-            }
-            with self._lock:
-                self._specs.update(fresh)
-                for d, row in rows.items():
-                    self._payloads[d] = row.data
-                    self._task_json.pop(d, None)
-        with self._lock:
-            return {d: self._specs[d][1] for d in hashes if d in self._specs}
+    def __init__(
+        self, spec_hash: str, spec: DagSpec, file_hash: str, payload: Mapping[str, Any]
+    ) -> None:
+        self.spec_hash = spec_hash
+        self.spec = spec
+        self.file_hash = file_hash
+        self.payload = payload
+        self._task_json: dict[str, str] | None = None
 
-    def file_hash(self, dag_id: str) -> str | None:
-        """The hash of the DAG file the cached spec came from."""
-        with self._lock:
-            entry = self._specs.get(dag_id)
-        return None if entry is None else entry[2]
-
-    def task_json(self, dag_id: str, task_id: str) -> str | None:
+    def task_json(self, task_id: str) -> str | None:
         """The task's canonical JSON (what the DAG's codec stored for it, as task_json of an
-        ExecuteRequest wants it), taken from the cached DAG's stored form instead of encoding
-        the task again; None when the cache does not hold it."""
-        with self._lock:
-            tasks = self._task_json.get(dag_id)
-            payload = self._payloads.get(dag_id)
-        if tasks is None:
-            if payload is None:
-                return None
+        ExecuteRequest wants it), taken from the stored form instead of encoding the task
+        again; None for a task this version has not got."""
+        tasks = self._task_json
+        if tasks is None:  # worked out once per version (twice at worst: same result)
+            payload = self.payload
             stored = payload.get("dag", {}).get("tasks", []) if isinstance(payload, Mapping) else []
-            tasks = {
+            tasks = self._task_json = {
                 t["task_id"]: canonical_task_json(t)
                 for t in stored
                 if isinstance(t, Mapping) and isinstance(t.get("task_id"), str)
             }
-            with self._lock:
-                if self._payloads.get(dag_id) is payload:  # not replaced meanwhile
-                    self._task_json[dag_id] = tasks
         return tasks.get(task_id)
+
+
+class SpecCache:
+    """dag_id → its CachedDag, refreshed when the stored spec hash changes. Safe to share
+    between threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, CachedDag] = {}
+
+    def entries(self, conn: Connection, dag_ids: Sequence[str]) -> dict[str, CachedDag]:
+        """The current version of each DAG that has one (DAGs never parsed are left out)."""
+        ids = sorted(set(dag_ids))
+        hashes = spec_hashes(conn, ids)
+        with self._lock:
+            known = {d: self._entries.get(d) for d in hashes}
+        stale = [d for d, h in hashes.items() if (e := known[d]) is None or e.spec_hash != h]
+        if stale:
+            rows = spec_payloads(conn, stale)
+            fresh = {
+                d: CachedDag(row.spec_hash, spec_from_dict(row.data), row.file_hash, row.data)
+                for d, row in rows.items()
+            }
+            with self._lock:
+                self._entries.update(fresh)
+            known.update(fresh)
+        return {d: e for d, e in known.items() if e is not None}
+
+    def get_many(self, conn: Connection, dag_ids: Sequence[str]) -> dict[str, DagSpec]:
+        """The current spec of each DAG that has one (DAGs never parsed are left out)."""
+        return {d: e.spec for d, e in self.entries(conn, dag_ids).items()}
+
+    def file_hash(self, dag_id: str) -> str | None:
+        """The hash of the DAG file the cached spec came from."""
+        with self._lock:
+            entry = self._entries.get(dag_id)
+        return None if entry is None else entry.file_hash
+
+    def task_json(self, dag_id: str, task_id: str) -> str | None:
+        """The task's canonical JSON from the cached version of its DAG (CachedDag.task_json);
+        None when the cache does not hold it."""
+        with self._lock:
+            entry = self._entries.get(dag_id)
+        return None if entry is None else entry.task_json(task_id)
 
 
 def canonical_task_json(data: Mapping[str, Any]) -> str:

@@ -124,26 +124,36 @@ _ACCEPTED = (
     "unnest(CAST(:ids AS bigint[]), CAST(:tokens AS bigint[]), CAST(:workers AS text[]),"
     " CAST(:traces AS text[])) AS a(ti_id, token, worker, trace)"
 )
-_MARK_TI_DISPATCHED = sa.text(
+# One statement: it runs in autocommit (no BEGIN / COMMIT round trips) and is atomic on its
+# own. The attempt rows are updated only once the task instances are (the scalar subquery on
+# `ti` makes PostgreSQL run that CTE to the end first), so the rows are locked task instance
+# before attempt, as every transaction locks them. An attempt is marked even when its task
+# instance already moved on (a fast task's report came first): the history keeps its worker.
+_MARK_DISPATCHED = sa.text(
     f"""
-    UPDATE task_instance SET worker = a.worker FROM {_ACCEPTED}
-    WHERE task_instance.id = a.ti_id AND task_instance.token = a.token
-      AND task_instance.state = 'queued'
-    """
-)
-_MARK_ATTEMPTS_DISPATCHED = sa.text(
-    f"""
-    UPDATE task_attempt SET worker = a.worker, dispatched_at = :now, trace_context = a.trace
-    FROM {_ACCEPTED}
-    WHERE task_attempt.ti_id = a.ti_id AND task_attempt.token = a.token
+    WITH a AS (SELECT * FROM {_ACCEPTED}),
+    ti AS (
+        UPDATE task_instance SET worker = a.worker FROM a
+        WHERE task_instance.id = a.ti_id AND task_instance.token = a.token
+          AND task_instance.state = 'queued'
+        RETURNING task_instance.id
+    ),
+    attempt AS (
+        UPDATE task_attempt SET worker = a.worker, dispatched_at = :now, trace_context = a.trace
+        FROM a
+        WHERE task_attempt.ti_id = a.ti_id AND task_attempt.token = a.token
+          AND (SELECT count(*) FROM ti) >= 0
+        RETURNING task_attempt.id
+    )
+    SELECT (SELECT count(*) FROM ti) AS moved, (SELECT count(*) FROM attempt) AS marked
     """
 )
 
 
 def mark_dispatched_many(conn: Connection, accepted: Sequence[Dispatched], *, now: datetime) -> int:
-    """mark_dispatched for many attempts in two set-based, prebuilt statements (the hot path:
-    one pair per dispatch batch, not one per attempt; task instance before attempt, as every
-    transaction locks them). Returns how many were still queued under the token."""
+    """mark_dispatched for many attempts in one set-based, prebuilt statement (the hot path: one
+    per dispatch batch, not one per attempt; fit for Database.statement). Returns how many
+    task instances were still queued under the token."""
     if not accepted:
         return 0
     params = {
@@ -153,8 +163,7 @@ def mark_dispatched_many(conn: Connection, accepted: Sequence[Dispatched], *, no
         "traces": [a.trace_context for a in accepted],
         "now": now,
     }
-    moved = conn.execute(_MARK_TI_DISPATCHED, params).rowcount
-    conn.execute(_MARK_ATTEMPTS_DISPATCHED, params)
+    moved, _ = conn.execute(_MARK_DISPATCHED, params).one()
     return int(moved)
 
 

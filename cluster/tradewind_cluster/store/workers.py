@@ -224,31 +224,21 @@ def list_workers(
 
 def live_workers(conn: Connection, *, max_age_s: float, limit: int = 1000) -> list[WorkerRow]:
     """Alive workers that heartbeated within max_age_s, each with the active attempts
-    assigned to it (queued after dispatch, or running)."""
-    rows = (
-        conn.execute(
-            sa.select(w, _AGE)
-            .where(w.c.state == WorkerState.ALIVE.value, _fresh(max_age_s))
-            .order_by(w.c.id)
-            .limit(limit)
-        )
-        .mappings()
-        .all()
-    )
-    if not rows:
-        return []
-    ids = [r["id"] for r in rows]
-    capacity = sum(int(r["slots"]) for r in rows)
-    # The partial index on active task instances keeps this scan to work in flight.
-    pairs = conn.execute(
-        sa.select(ti.c.worker, ti.c.id, ti.c.token)
-        .where(ti.c.state.in_(_ACTIVE), ti.c.worker.in_(ids))
-        .limit(capacity * 2 + 100)
-    ).all()
-    assigned: dict[str, set[tuple[int, int]]] = {i: set() for i in ids}
-    for worker_id, ti_id, token in pairs:
-        assigned[worker_id].add((ti_id, token))
-    return [_row(r, frozenset(assigned[r["id"]])) for r in rows]
+    assigned to it (queued after dispatch, or running); one statement (the dispatcher reads
+    this after every dispatch pass and finished report)."""
+    ids = sa.func.array_remove(sa.func.array_agg(ti.c.id), None).label("assigned_ids")
+    tokens = sa.func.array_remove(sa.func.array_agg(ti.c.token), None).label("assigned_tokens")
+    rows = conn.execute(
+        sa.select(w, _AGE, ids, tokens)
+        .select_from(w.outerjoin(ti, sa.and_(ti.c.worker == w.c.id, ti.c.state.in_(_ACTIVE))))
+        .where(w.c.state == WorkerState.ALIVE.value, _fresh(max_age_s))
+        .group_by(w.c.id)
+        .order_by(w.c.id)
+        .limit(limit)
+    ).mappings()
+    return [
+        _row(r, frozenset(zip(r["assigned_ids"], r["assigned_tokens"], strict=True))) for r in rows
+    ]
 
 
 def undispatched(conn: Connection, refs: Sequence[tuple[int, int]]) -> set[tuple[int, int]]:
