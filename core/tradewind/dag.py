@@ -21,7 +21,7 @@ from tradewind.timezones import coerce_datetime, parse_datetime, timezone_name
 if TYPE_CHECKING:
     from tradewind.baseoperator import BaseOperator
 
-__all__ = ["DAG", "NOTSET", "capture_dags", "get_current_dag"]
+__all__ = ["DAG", "NOTSET", "capture_dags", "get_current_dag", "set_catchup_by_default"]
 
 
 class _NotSet:
@@ -35,6 +35,17 @@ NOTSET: Final = _NotSet()
 # Airflow 2's schedule when none is given (Airflow 3 changed it to None).
 _DEFAULT_SCHEDULE = timedelta(days=1)
 _TAG_MAX_LEN = 100
+
+# catchup of a DAG that does not say (Airflow's [scheduler] catchup_by_default). Set once at
+# start-up from configuration by whatever process loads DAG files; DAG files only read it.
+_catchup_by_default = True
+
+
+def set_catchup_by_default(value: bool) -> None:
+    """Set the catchup of DAGs created without one (scheduler.catchup_by_default)."""
+    global _catchup_by_default
+    _catchup_by_default = bool(value)
+
 
 # DAGs opened by `with DAG(...)`, innermost last; operators created inside attach to it.
 _dag_stack: list[DAG] = []
@@ -139,7 +150,7 @@ class DAG:
         concurrency: int | None = None,
         max_active_runs: int = 16,
         dagrun_timeout: timedelta | None = None,
-        catchup: bool = True,
+        catchup: bool | None = None,
         tags: Iterable[str] | None = None,
         params: Mapping[str, Any] | None = None,
         is_paused_upon_creation: bool | None = None,
@@ -183,7 +194,7 @@ class DAG:
         )
         self.max_active_runs = _check_int(dag_id, "max_active_runs", max_active_runs)
         self.dagrun_timeout = _check_timeout(dag_id, dagrun_timeout)
-        self.catchup = bool(catchup)
+        self.catchup = _catchup_by_default if catchup is None else bool(catchup)
         self.tags = _check_tags(dag_id, tags)
         self.is_paused_upon_creation = is_paused_upon_creation
         self.doc_md = doc_md

@@ -394,3 +394,40 @@ def test_files_leased_by_a_dead_replica_are_taken_over(database: Database, tmp_p
     assert report.files_parsed == 3
     assert {r["parsed_by"] for r in rows(database, dag_file)} == {"b"}
     assert len(active(database)) == 3
+
+
+def test_catchup_by_default_applies_to_dags_that_do_not_set_catchup(
+    database: Database, tmp_path: Path
+) -> None:
+    register(database, "a")
+    write(tmp_path, "quiet.py", good("quiet"))
+    explicit = good("loud").replace('"loud",', '"loud", catchup=True,')
+    assert "catchup=True" in explicit
+    write(tmp_path, "loud.py", explicit)
+    drain(make(database, tmp_path, catchup_by_default=False), NOW)
+    stored = {r["dag_id"]: r["data"]["dag"] for r in rows(database, serialized_dag)}
+    assert stored["quiet"]["catchup"] is False
+    assert stored["loud"]["catchup"] is True
+    settings = Settings(
+        core={"dags_folder": str(tmp_path)}, scheduler={"catchup_by_default": False}
+    )
+    assert ProcessorOptions.from_settings(settings).catchup_by_default is False
+
+
+def test_load_examples_parses_the_bundled_examples_beside_the_dags_folder(
+    database: Database, tmp_path: Path
+) -> None:
+    register(database, "a")
+    write(tmp_path, "good.py", good("good"))
+    drain(make(database, tmp_path, load_examples=True), NOW)
+    found = active(database)
+    assert found["good"] is True
+    assert found["tutorial"] is True  # one of tradewind_cluster/example_dags
+    assert errors(database) == {}
+    # turned off again: the examples go as a deleted file's DAGs go, the user's stay
+    drain(make(database, tmp_path, load_examples=False), LATER)
+    found = active(database)
+    assert found["good"] is True
+    assert found["tutorial"] is False
+    settings = Settings(core={"dags_folder": str(tmp_path), "load_examples": True})
+    assert ProcessorOptions.from_settings(settings).load_examples is True

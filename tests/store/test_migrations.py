@@ -26,6 +26,25 @@ def test_fresh_upgrade_reaches_head_and_seeds_default_pool(empty_db_url: str) ->
     db.dispose()
 
 
+def test_default_pool_slots_apply_to_a_fresh_database_only(empty_db_url: str) -> None:
+    db = Database(empty_db_url)
+    read = "SELECT slots FROM pool WHERE name='default_pool'"
+    try:
+        assert upgrade(db, default_pool_slots=7).up_to_date
+        with db.engine.connect() as conn:
+            assert conn.execute(sa.text(read)).scalar() == 7
+        with db.engine.begin() as conn:  # an operator resizes it: later upgrades keep that
+            conn.execute(sa.text("UPDATE pool SET slots = 40 WHERE name = 'default_pool'"))
+        upgrade(db, default_pool_slots=9)
+        with db.engine.connect() as conn:
+            assert conn.execute(sa.text(read)).scalar() == 40
+        reset(db, default_pool_slots=3)  # reset starts from nothing again
+        with db.engine.connect() as conn:
+            assert conn.execute(sa.text(read)).scalar() == 3
+    finally:
+        db.dispose()
+
+
 def test_upgrade_twice_is_a_no_op(database: Database) -> None:
     before = check(database)
     assert before.up_to_date

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _upgrade(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.database() as db:
         before = migrate.check(db)
-        status = migrate.upgrade(db)
+        status = migrate.upgrade(db, default_pool_slots=ctx.settings.core.default_pool_slots)
     if before.current == status.current:
         print(f"schema already at {status.current} (head)")
     else:
@@ -50,6 +50,6 @@ def _reset(args: argparse.Namespace, ctx: CliContext) -> int:
     if not args.yes:
         raise BadInputError("db reset deletes every row; pass --yes to confirm")
     with ctx.database() as db:
-        status = migrate.reset(db)
+        status = migrate.reset(db, default_pool_slots=ctx.settings.core.default_pool_slots)
     print(f"database reset; schema at {status.current}")
     return 0

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from tradewind.dag import DAG
+from tradewind.dag import DAG, set_catchup_by_default
 from tradewind.errors import BadInputError
 from tradewind.schedules import RunType, manual_data_interval, run_id_for
 from tradewind.serialization import dag_to_spec
@@ -97,6 +97,7 @@ def open_local_dag(
             f"DAG {dag_id!r} not found (`tradewind dags list` shows the DAGs the schedulers "
             "have parsed; -S/--subdir names a file or folder to import it from instead)"
         )
+    set_catchup_by_default(settings.scheduler.catchup_by_default)  # as the parser does
     dag, spec, path, file_hash = load_local_dag(
         dag_id,
         fileloc=info.fileloc if info is not None else None,

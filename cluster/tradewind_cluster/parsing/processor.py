@@ -24,6 +24,7 @@ from typing import Any
 from tradewind.errors import BadInputError, DagDefinitionError, SerializationError
 from tradewind.serialization import spec_from_dict, spec_hash
 from tradewind_cluster.config.settings import Settings
+from tradewind_cluster.example_dags import FOLDER as EXAMPLES_FOLDER
 from tradewind_cluster.parsing.discovery import list_dag_files
 from tradewind_cluster.store import dag_files as store
 from tradewind_cluster.store.dag_files import DagFileRow, FileResult, ParsedDag, StoredFile
@@ -55,6 +56,8 @@ class ProcessorOptions:
     parse_timeout_s: float = 60.0
     safe_mode: bool = True
     default_timezone: str = "UTC"
+    catchup_by_default: bool = True
+    load_examples: bool = False  # parse the bundled example DAGs beside the dags folder
     paused_at_creation: bool = True
     lease_margin_s: float = 5.0  # covers the store step and clock skew between replicas
     max_files_per_run: int = 2  # parsed in parallel, like Airflow's parsing_processes
@@ -73,6 +76,8 @@ class ProcessorOptions:
             "parse_timeout_s": settings.scheduler.parse_timeout_s,
             "safe_mode": settings.core.dag_discovery_safe_mode,
             "default_timezone": settings.core.default_timezone,
+            "catchup_by_default": settings.scheduler.catchup_by_default,
+            "load_examples": settings.core.load_examples,
             "paused_at_creation": settings.core.dags_are_paused_at_creation,
         }
         return cls(**{**values, **overrides})
@@ -260,6 +265,9 @@ class DagFileProcessor:
         if not won:
             return None
         paths = list_dag_files(folder, safe_mode=self.options.safe_mode)
+        if self.options.load_examples and EXAMPLES_FOLDER.resolve() != folder.resolve():
+            examples = list_dag_files(EXAMPLES_FOLDER, safe_mode=self.options.safe_mode)
+            paths = sorted({*paths, *examples})
 
         def sync(conn: Any) -> DiscoveryReport:
             back = store.upsert_present_files(conn, paths, now=now)
@@ -311,6 +319,8 @@ class DagFileProcessor:
             str(self.options.dags_folder.absolute()),
             "--default-timezone",
             self.options.default_timezone,
+            "--catchup-by-default",
+            "true" if self.options.catchup_by_default else "false",
         ]
         started = time.monotonic()
         # Its own session, so that a timeout kills whatever the DAG file started too.

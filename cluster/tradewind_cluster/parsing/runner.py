@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any
 
-from tradewind.dag import DAG
+from tradewind.dag import DAG, set_catchup_by_default
 from tradewind.serialization import dag_to_spec, spec_to_dict
 from tradewind.timezones import set_default_timezone
 
@@ -151,6 +151,12 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("path", help="absolute path of the DAG file")
     parser.add_argument("--dags-folder", default=None, help="put on sys.path, as Airflow does")
     parser.add_argument("--default-timezone", default="UTC", help="zone of naive dates")
+    parser.add_argument(
+        "--catchup-by-default",
+        choices=("true", "false"),
+        default="true",
+        help="catchup of DAGs that do not set it",
+    )
     return parser.parse_args(argv)
 
 
@@ -158,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m tradewind_cluster.parsing.runner PATH`."""
     args = _arguments(argv)
     set_default_timezone(args.default_timezone)
+    set_catchup_by_default(args.catchup_by_default == "true")
     if args.dags_folder:
         sys.path.insert(0, args.dags_folder)
     # Whatever the DAG file prints (even through fd 1 directly) goes to stderr; stdout

@@ -59,7 +59,7 @@ class StandaloneCluster:
         url = self._database_url()
         db = Database(url)
         try:
-            migrate.upgrade(db)
+            migrate.upgrade(db, default_pool_slots=self.settings.core.default_pool_slots)
             _ensure_example_pool(db)
         finally:
             db.dispose()

@@ -47,12 +47,23 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(db: Database, revision: str = "head") -> SchemaStatus:
-    """Apply every pending migration; a no-op when the schema is current."""
+def upgrade(
+    db: Database, revision: str = "head", *, default_pool_slots: int | None = None
+) -> SchemaStatus:
+    """Apply every pending migration; a no-op when the schema is current. On an empty
+    database, default_pool gets `default_pool_slots` (core.default_pool_slots) slots; on one
+    that had a schema already, the pool keeps what an operator set."""
     cfg = alembic_config(db.url)
     with unavailable_as_error(), db.engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+        fresh = MigrationContext.configure(conn).get_current_revision() is None
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+        if fresh and default_pool_slots is not None:
+            conn.execute(
+                sa.text("UPDATE pool SET slots = :n WHERE name = 'default_pool'"),
+                {"n": default_pool_slots},
+            )
     return check(db)
 
 
@@ -72,10 +83,10 @@ def schema_diff(db: Database) -> list[object]:
         return list(compare_metadata(ctx, metadata))
 
 
-def reset(db: Database) -> SchemaStatus:
+def reset(db: Database, *, default_pool_slots: int | None = None) -> SchemaStatus:
     """Drop every Tradewind table and migrate again. Development only: it loses all data."""
     with db.engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
         metadata.drop_all(conn)
         conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
-    return upgrade(db)
+    return upgrade(db, default_pool_slots=default_pool_slots)
