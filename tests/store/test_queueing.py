@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -13,7 +15,7 @@ import sqlalchemy as sa
 from tests.support.factories import insert_dag, insert_run, insert_ti
 from tradewind.scheduling.admission import StarvationReason, admit
 from tradewind_cluster.store.database import Database
-from tradewind_cluster.store.queueing import pools_with_scheduled, queue_pool
+from tradewind_cluster.store.queueing import _DAG_LOCK_SPACE, pools_with_scheduled, queue_pool
 
 pytestmark = pytest.mark.store
 NOW = datetime(2026, 2, 1, tzinfo=UTC)
@@ -73,6 +75,67 @@ def test_a_pool_held_by_another_replica_is_skipped_not_waited_for(database: Data
             lambda c: queue_pool(c, "busy", member_id="m2", decide=admit, now=NOW)
         )
     assert outcome is None
+
+
+def test_a_dag_another_replica_is_admitting_for_is_skipped_the_others_queue(
+    database: Database,
+) -> None:
+    def setup(conn: sa.Connection) -> None:
+        for d in ("held", "free"):
+            insert_dag(conn, d)
+            insert_ti(conn, insert_run(conn, d), "t", state="scheduled")
+
+    database.transaction(setup)
+    with database.engine.begin() as holder:  # another replica's section holds DAG "held"
+        holder.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:s, hashtext('held'))"), {"s": _DAG_LOCK_SPACE}
+        )
+        outcome = database.transaction(
+            lambda c: queue_pool(c, "default_pool", member_id="m2", decide=admit, now=NOW)
+        )
+    assert outcome is not None
+    assert outcome.skipped_dags == {"held"}
+    assert [q.dag_id for q in outcome.queued] == ["free"]
+
+
+def test_the_parallelism_count_waits_for_the_holder_and_sees_what_it_queued(
+    database: Database,
+) -> None:
+    """Two sections with a cluster-wide parallelism of 1, on different pools: the second waits
+    for the first's commit and counts its task instance, so only one is queued."""
+
+    def setup(conn: sa.Connection) -> None:
+        _pool(conn, "p1", 4)
+        _pool(conn, "p2", 4)
+        insert_dag(conn, "d1")
+        insert_dag(conn, "d2")
+        insert_ti(conn, insert_run(conn, "d1"), "t", state="scheduled", pool="p1")
+        insert_ti(conn, insert_run(conn, "d2"), "t", state="scheduled", pool="p2")
+
+    database.transaction(setup)
+    first_in = threading.Event()
+    results: list[int] = []
+
+    def slow_decide(cands: Any, capacity: Any) -> Any:
+        first_in.set()
+        time.sleep(0.3)  # holds the parallelism lock across its decision and update
+        return admit(cands, capacity)
+
+    def section(pool_name: str, decide: Any) -> None:
+        out = database.transaction(
+            lambda c: queue_pool(
+                c, pool_name, member_id=pool_name, decide=decide, now=NOW, parallelism=1
+            )
+        )
+        assert out is not None
+        results.append(len(out.queued))
+
+    first = threading.Thread(target=section, args=("p1", slow_decide))
+    first.start()
+    assert first_in.wait(5)
+    section("p2", admit)
+    first.join(5)
+    assert sorted(results) == [0, 1]
 
 
 def test_a_missing_pool_starves_with_a_clear_reason(database: Database) -> None:

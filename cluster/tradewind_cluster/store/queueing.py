@@ -12,6 +12,10 @@ Per pool, in one short transaction:
 5. decide with the pure `admit()`, then queue the admitted rows and create their attempts with
    new fencing tokens in the same transaction, so a token is committed before any dispatch.
 
+Four round trips: the candidates; the locks of steps 2-4 (one statement); the counts the
+decision needs (one statement, after the locks, so its snapshot sees what the previous holder
+committed); the queueing.
+
 Also the pools' slot figures (Airflow's Pool.slots_stats) the pool gauges report."""
 
 from __future__ import annotations
@@ -137,26 +141,73 @@ def _lock_candidates(conn: Connection, pool_name: str, limit: int) -> list[Candi
     ]
 
 
-def _lock_pool(conn: Connection, pool_name: str) -> tuple[bool, int | None]:
-    """(exists, total slots) with the row locked; (True, None) when another replica holds it."""
+# The section's locks after the candidates', in one statement (none of them waits except the
+# last): the pool row (FOR UPDATE SKIP LOCKED), then, only when this replica got it, a
+# try-lock per candidate DAG and, with a cluster-wide parallelism, the advisory lock its count
+# and update need. A CTE referenced twice runs once, so the pool row is locked once.
+_LOCKS = sa.text(
+    """
+    WITH p AS (SELECT slots FROM pool WHERE name = :pool FOR UPDATE SKIP LOCKED)
+    SELECT
+        EXISTS (SELECT 1 FROM pool WHERE name = :pool) AS pool_exists,
+        (SELECT slots FROM p) AS slots,
+        ARRAY(
+            SELECT d FROM unnest(CAST(:dags AS text[])) AS d
+            WHERE CASE WHEN EXISTS (SELECT 1 FROM p)
+                       THEN pg_try_advisory_xact_lock(:space, hashtext(d)) ELSE false END
+        ) AS locked_dags,
+        CASE WHEN :parallelism AND EXISTS (SELECT 1 FROM p)
+             THEN pg_advisory_xact_lock(:pa, :pb) IS NOT NULL END AS parallelism_locked
+    """
+)
+
+# What the decision needs, counted after every lock above is held (its own statement, so its
+# snapshot includes whatever the previous holder committed): the pool's occupied slots, active
+# task instances per candidate DAG and per limited task, and with a parallelism all of them.
+_COUNTS = sa.text(
+    """
+    SELECT
+        (SELECT coalesce(sum(pool_slots), 0) FROM task_instance
+         WHERE pool = :pool AND state IN ('queued', 'running')) AS occupied,
+        (SELECT coalesce(json_agg(json_build_array(dag_id, n)), '[]') FROM (
+            SELECT dag_id, count(*) AS n FROM task_instance
+            WHERE dag_id = ANY(CAST(:dags AS text[])) AND state IN ('queued', 'running')
+            GROUP BY dag_id) AS d) AS dag_active,
+        (SELECT coalesce(json_agg(json_build_array(dag_id, task_id, n)), '[]') FROM (
+            SELECT dag_id, task_id, count(*) AS n FROM task_instance
+            WHERE (dag_id, task_id) IN (
+                SELECT * FROM unnest(CAST(:limited_dags AS text[]), CAST(:limited_tasks AS text[])))
+              AND state IN ('queued', 'running')
+            GROUP BY dag_id, task_id) AS t) AS task_active,
+        CASE WHEN :parallelism THEN (SELECT count(*) FROM task_instance
+                                     WHERE state IN ('queued', 'running')) END AS active
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Locks:
+    exists: bool
+    total: int | None  # None: another replica holds the pool
+    dags: frozenset[str]  # candidate DAGs this replica may admit for
+
+
+def _lock(
+    conn: Connection, pool_name: str, dag_ids: Sequence[str], parallelism: int | None
+) -> _Locks:
     row = conn.execute(
-        sa.select(pool.c.slots).where(pool.c.name == pool_name).with_for_update(skip_locked=True)
-    ).first()
-    if row is not None:
-        return True, int(row[0])
-    exists = conn.execute(sa.select(pool.c.name).where(pool.c.name == pool_name)).first()
-    return exists is not None, None
-
-
-def _lock_dags(conn: Connection, dag_ids: Sequence[str]) -> set[str]:
-    rows = conn.execute(
-        sa.text(
-            "SELECT d, pg_try_advisory_xact_lock(:space, hashtext(d)) "
-            "FROM unnest(CAST(:dags AS text[])) AS d"
-        ),
-        {"space": _DAG_LOCK_SPACE, "dags": sorted(dag_ids)},
-    )
-    return {d for d, got in rows if got}
+        _LOCKS,
+        {
+            "pool": pool_name,
+            "dags": sorted(set(dag_ids)),
+            "space": _DAG_LOCK_SPACE,
+            "parallelism": parallelism is not None,
+            "pa": _PARALLELISM_LOCK[0],
+            "pb": _PARALLELISM_LOCK[1],
+        },
+    ).one()
+    total = None if row.slots is None else int(row.slots)
+    return _Locks(exists=bool(row.pool_exists), total=total, dags=frozenset(row.locked_dags))
 
 
 def _capacity(
@@ -167,42 +218,26 @@ def _capacity(
     parallelism: int | None,
     queue_open: Mapping[str, int] | None,
 ) -> Capacity:
-    occupied = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(ti.c.pool_slots), 0)).where(
-            ti.c.pool == pool_name, ti.c.state.in_(_ACTIVE)
-        )
-    ).scalar_one()
-    dag_ids = sorted({c.dag_id for c in cands})
-    dag_active: dict[str, int] = dict(
-        conn.execute(
-            sa.select(ti.c.dag_id, sa.func.count())
-            .where(ti.c.dag_id.in_(dag_ids), ti.c.state.in_(_ACTIVE))
-            .group_by(ti.c.dag_id)
-        ).all()
-    )
     limited = sorted({(c.dag_id, c.task_id) for c in cands if c.max_active_tis_per_dag})
-    task_active: dict[tuple[str, str], int] = {}
-    if limited:
-        rows = conn.execute(
-            sa.select(ti.c.dag_id, ti.c.task_id, sa.func.count())
-            .where(sa.tuple_(ti.c.dag_id, ti.c.task_id).in_(limited), ti.c.state.in_(_ACTIVE))
-            .group_by(ti.c.dag_id, ti.c.task_id)
-        )
-        task_active = {(d, t): n for d, t, n in rows}
+    row = conn.execute(
+        _COUNTS,
+        {
+            "pool": pool_name,
+            "dags": sorted({c.dag_id for c in cands}),
+            "limited_dags": [d for d, _ in limited],
+            "limited_tasks": [t for _, t in limited],
+            "parallelism": parallelism is not None,
+        },
+    ).one()
     parallelism_open = None
     if parallelism is not None:
-        conn.execute(
-            sa.text("SELECT pg_advisory_xact_lock(:a, :b)"),
-            dict(zip("ab", _PARALLELISM_LOCK, strict=True)),
-        )
-        active = conn.execute(
-            sa.select(sa.func.count()).where(ti.c.state.in_(_ACTIVE))
-        ).scalar_one()
-        parallelism_open = max(0, parallelism - int(active))
+        parallelism_open = max(0, parallelism - int(row.active))
     return Capacity(
-        pools={pool_name: PoolCapacity(total=None if total < 0 else total, occupied=int(occupied))},
-        dag_active=dag_active,
-        task_active=task_active,
+        pools={
+            pool_name: PoolCapacity(total=None if total < 0 else total, occupied=int(row.occupied))
+        },
+        dag_active={d: int(n) for d, n in row.dag_active},
+        task_active={(d, t): int(n) for d, t, n in row.task_active},
         parallelism_open=parallelism_open,
         queue_open=queue_open,
     )
@@ -332,13 +367,13 @@ def _queue_pool(
     cands = _lock_candidates(conn, pool_name, limit)
     if not cands:
         return PoolOutcome(pool=pool_name, queued=(), admission=None, skipped_dags=frozenset())
-    exists, total = _lock_pool(conn, pool_name)
+    locks = _lock(conn, pool_name, [c.dag_id for c in cands], parallelism)
+    exists, total = locks.exists, locks.total
     if exists and total is None:
         return None
     looked = len(cands)
-    locked = _lock_dags(conn, [c.dag_id for c in cands])
-    skipped = frozenset({c.dag_id for c in cands} - locked)
-    cands = [c for c in cands if c.dag_id in locked]
+    skipped = frozenset({c.dag_id for c in cands} - locks.dags) if exists else frozenset()
+    cands = [c for c in cands if c.dag_id in locks.dags] if exists else cands
     if not exists:
         admission = decide(cands, Capacity(pools={}))  # every candidate: pool does not exist
         return PoolOutcome(
