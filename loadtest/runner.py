@@ -128,6 +128,23 @@ def _wait_for_dags(engine: sa.Engine, dag_ids: list[str], timeout_s: float) -> N
         time.sleep(_POLL_S)
 
 
+def _wait_for_workers(engine: sa.Engine, count: int, timeout_s: float) -> None:
+    """Until `count` workers are registered and alive: the load starts on a ready cluster, so
+    no task waits for a worker that is still starting (it would count against throughput)."""
+    if count <= 0:
+        return
+    sql = sa.text("SELECT count(*) FROM worker WHERE state = 'alive'")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with engine.connect() as conn:
+            alive = conn.execute(sql).scalar()
+        if alive is not None and alive >= count:
+            return
+        if time.monotonic() > deadline:
+            raise HarnessError(f"only {alive} of {count} workers registered in {timeout_s:.0f}s")
+        time.sleep(_POLL_S)
+
+
 def _trigger(engine: sa.Engine, dag_ids: list[str]) -> None:
     """One manual run per DAG in one transaction, as `tradewind dags trigger` would insert it."""
     from tradewind.schedules import RunType, run_id_for
@@ -242,6 +259,7 @@ def _execute(options: RunOptions, run_dir: Path, console: Console) -> RunData:
         console.print(f"starting {plan.schedulers} schedulers and {plan.workers} workers")
         cluster.start()
         _wait_for_dags(engine, dag_ids, 60 + 0.5 * len(dag_ids))
+        _wait_for_workers(engine, plan.workers, 60)
         offset = clock_offset_s(engine)
         chaos = Chaos(plan, cluster, engine, partition=partition, kill_tree=options.kill_tree)
         sampler.mark_baseline()

@@ -19,7 +19,7 @@ from tradewind_cluster.scheduler.context import SchedulerContext, SchedulerOptio
 from tradewind_cluster.scheduler.local_dispatch import LocalDispatcher
 from tradewind_cluster.scheduler.loop import SchedulerLoop
 from tradewind_cluster.scheduler.reports import ReportHandler
-from tradewind_cluster.store import members
+from tradewind_cluster.store import members, workers
 from tradewind_cluster.store.database import Database
 
 pytestmark = pytest.mark.cluster
@@ -227,3 +227,67 @@ def test_depends_on_past_sees_the_earlier_run_moved_in_the_same_pass(  # type: i
             )
         ).all()
     assert dict(got) == {first: "success", second: "success"}
+
+
+def test_a_worker_registering_wakes_an_idle_replica_and_drops_its_slot_view(
+    database: Database,
+) -> None:
+    """Tasks wait while no worker serves their queue; a worker registering (on any replica)
+    wakes this one through NOTIFY and its cached view of free slots is dropped at once."""
+
+    class NoWorkerYet(LocalDispatcher):
+        def __init__(self, reports: ReportHandler) -> None:
+            super().__init__(reports, slots=4)
+            self.registered = threading.Event()
+            self.view: dict[str, int] | None = {}  # "no live worker serves any queue"
+
+        def queue_open(self) -> dict[str, int] | None:
+            return self.view
+
+        def capacity_changed(self) -> None:
+            if self.registered.is_set():
+                self.view = None  # read again: the new worker's slots
+
+    database.transaction(
+        lambda c: members.register_member(
+            c, member_id="r1", name="r1", hostname="h", pid=1, version="t"
+        )
+    )
+    ctx = SchedulerContext(db=database, member_id="r1", options=SchedulerOptions(idle_sleep_s=30))
+    reports = ReportHandler(ctx)
+    dispatcher = NoWorkerYet(reports)
+    loop = SchedulerLoop(ctx, dispatcher)
+    reports.on_change = loop.waker.wake
+    with DAG("waits", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        BashOperator(task_id="t", bash_command="true")
+    now = datetime.now(UTC)
+    spec = register(database, dag, now=now)
+    trigger(database, spec, now - timedelta(minutes=1))
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run_forever, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while states(database, "waits").get("t") != "scheduled":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.3)  # it starves: no worker serves the queue
+        assert states(database, "waits") == {"t": "scheduled"}
+        dispatcher.registered.set()
+        database.transaction(
+            lambda c: workers.register_worker(
+                c, worker_id="w1", name="w1", hostname="h", grpc_address="127.0.0.1:1",
+                queues=["default"], slots=4, version=None, registered_via="r2",
+            )
+        )  # fmt: skip
+        deadline = time.monotonic() + 5  # well under the 30 s idle sleep
+        while run_state(database, "waits") != ["success"]:
+            assert time.monotonic() < deadline, states(database, "waits")
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        loop.waker.wake()
+        thread.join(10)
+        dispatcher.close()
+        loop.close()
+    assert not thread.is_alive()

@@ -21,7 +21,7 @@ from tradewind_cluster.scheduler.housekeeper import Housekeeper
 from tradewind_cluster.scheduler.queuer import Queuer
 from tradewind_cluster.scheduler.run_creation import RunCreator
 from tradewind_cluster.store import dags
-from tradewind_cluster.store.notify import Listener
+from tradewind_cluster.store.notify import WORKERS, Listener
 
 __all__ = ["LoopReport", "SchedulerLoop", "Waker"]
 
@@ -168,8 +168,10 @@ class SchedulerLoop:
                     timeout = self._idle_timeout()
                     if report.contended:
                         timeout = min(timeout, CONTENDED_RETRY_S)
-                    listener.wait(timeout, also=(self.waker.fd,))
+                    topics = listener.wait(timeout, also=(self.waker.fd,))
                     self.waker.drain()
+                    if WORKERS in topics:  # new slots: a cached "no free slot" is stale
+                        self.dispatch.dispatcher.capacity_changed()
         finally:
             listener.close()
 

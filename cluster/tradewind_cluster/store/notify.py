@@ -13,9 +13,11 @@ from sqlalchemy.engine import Connection
 
 from tradewind_cluster.store.database import Database
 
-__all__ = ["CHANNEL", "Listener", "notify"]
+__all__ = ["CHANNEL", "WORKERS", "Listener", "notify"]
 
 CHANNEL = "tradewind"
+WORKERS = "workers"
+"""The topic of a worker registering: new slots, so cached views of free slots are stale."""
 
 
 def notify(conn: Connection, topic: str) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
 from tradewind_cluster.store.attempts import requeue_attempt
+from tradewind_cluster.store.notify import WORKERS, notify
 from tradewind_cluster.store.schema import task_attempt, task_instance, worker
 
 __all__ = [
@@ -145,7 +146,9 @@ def register_worker(
     registered_via: str | None,
     running: int = 0,
 ) -> None:
-    """Insert or refresh a worker's row (a restarted worker keeps its id); it is alive again."""
+    """Insert or refresh a worker's row (a restarted worker keeps its id); it is alive again.
+    Every replica hears of it (NOTIFY) on commit: its tasks waiting for a slot need not wait
+    for an idle sleep or an expired view of free slots."""
     values = {
         "name": name,
         "hostname": hostname,
@@ -164,6 +167,7 @@ def register_worker(
         .values(id=worker_id, **values)
         .on_conflict_do_update(index_elements=[w.c.id], set_=values)
     )
+    notify(conn, WORKERS)
 
 
 def heartbeat_worker(conn: Connection, worker_id: str, *, running: int, draining: bool) -> bool:
