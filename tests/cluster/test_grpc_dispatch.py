@@ -23,12 +23,8 @@ from tradewind_cluster.observability.tracing import configure_tracing, shutdown_
 from tradewind_cluster.rpc.security import RpcSecurity
 from tradewind_cluster.rpc.server import RpcOptions, RpcServer
 from tradewind_cluster.scheduler.dispatching import DispatchRequest, DispatchResult
-from tradewind_cluster.scheduler.grpc_dispatch import (
-    GrpcDispatcher,
-    GrpcDispatchOptions,
-    task_from_json,
-    task_to_json,
-)
+from tradewind_cluster.scheduler.execute_requests import task_from_json, task_to_json
+from tradewind_cluster.scheduler.grpc_dispatch import GrpcDispatcher, GrpcDispatchOptions
 from tradewind_cluster.store import workers as store_workers
 from tradewind_cluster.store.attempts import mark_dispatched
 from tradewind_cluster.store.database import Database
@@ -42,13 +38,24 @@ SECURITY = RpcSecurity(token=TOKEN)
 
 
 class FakeWorker(worker_pb2_grpc.WorkerServicer):
-    """Accepts attempts (idempotently per token) unless told to fail or refuse."""
+    """Accepts attempts (idempotently per token) unless told to fail or refuse; `batch=False`
+    is a worker of a version without ExecuteBatch (UNIMPLEMENTED)."""
 
-    def __init__(self, *, failures: int = 0, refuse: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        failures: int = 0,
+        refuse: str | None = None,
+        batch: bool = True,
+        refuse_tasks: tuple[str, ...] = (),
+    ) -> None:
         self.failures = failures  # UNAVAILABLE answers before it works (-1: always)
         self.refuse = refuse
+        self.batch = batch
+        self.refuse_tasks = refuse_tasks  # refused by task id, the others accepted
         self.calls: list[worker_pb2.ExecuteRequest] = []
         self.metadata: list[dict[str, str]] = []
+        self.batches: list[list[str]] = []  # task ids of each ExecuteBatch answered
         self.running: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
 
@@ -58,13 +65,33 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
         with self._lock:
             self.calls.append(request)
             self.metadata.append(dict(context.invocation_metadata()))
-            if self.failures:
-                self.failures -= 1 if self.failures > 0 else 0
-                context.abort(grpc.StatusCode.UNAVAILABLE, "worker restarting")
-            if self.refuse is not None:
-                return worker_pb2.ExecuteReply(accepted=False, reason=self.refuse)
-            self.running.add((request.attempt.ti_id, request.attempt.token))
-            return worker_pb2.ExecuteReply(accepted=True)
+            self._fail(context)
+            return self._one(request)
+
+    def ExecuteBatch(
+        self, request: worker_pb2.ExecuteBatchRequest, context: grpc.ServicerContext
+    ) -> worker_pb2.ExecuteBatchReply:
+        if not self.batch:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        with self._lock:
+            self.calls.extend(request.attempts)
+            self.metadata.extend(dict(context.invocation_metadata()) for _ in request.attempts)
+            self._fail(context)
+            self.batches.append([a.task_id for a in request.attempts])
+            return worker_pb2.ExecuteBatchReply(replies=[self._one(a) for a in request.attempts])
+
+    def _fail(self, context: grpc.ServicerContext) -> None:
+        if self.failures:
+            self.failures -= 1 if self.failures > 0 else 0
+            context.abort(grpc.StatusCode.UNAVAILABLE, "worker restarting")
+
+    def _one(self, request: worker_pb2.ExecuteRequest) -> worker_pb2.ExecuteReply:
+        if self.refuse is not None:
+            return worker_pb2.ExecuteReply(accepted=False, reason=self.refuse)
+        if request.task_id in self.refuse_tasks:
+            return worker_pb2.ExecuteReply(accepted=False, reason="not this one")
+        self.running.add((request.attempt.ti_id, request.attempt.token))
+        return worker_pb2.ExecuteReply(accepted=True)
 
 
 class Fleet:
@@ -396,3 +423,79 @@ def test_a_worker_silent_past_its_lease_gets_nothing(
     [result] = dispatcher.dispatch(queue_tasks(fleet.db, 1))
     assert result.worker_id is None
     assert fleet.fakes["quiet"].calls == []
+
+
+def test_a_pass_goes_to_each_worker_in_one_batch_with_each_attempts_trace(
+    fleet: Fleet, dispatcher: GrpcDispatcher, sink: RecordingSink
+) -> None:
+    a = fleet.add("a", slots=4)
+    b = fleet.add("b", slots=4)
+    exporter = InMemorySpanExporter()
+    configure_tracing(TracingSettings(), exporter=exporter)
+    try:
+        results = dispatcher.dispatch(queue_tasks(fleet.db, 6))
+    finally:
+        shutdown_tracing()
+    taken = [r.worker_id for r in results]
+    assert (taken.count("a"), taken.count("b")) == (3, 3)
+    assert len(a.batches) == 1
+    assert len(b.batches) == 1
+    sent = {m.task_id: m for m in a.calls + b.calls}
+    assert len(sent) == 6
+    spans = {
+        s.attributes["tradewind.task_id"]: s
+        for s in exporter.get_finished_spans()
+        if s.name == "task.dispatch"
+    }
+    for r in results:  # each attempt's own task.dispatch span is its parent on the worker
+        task_id = next(m.task_id for m in sent.values() if m.attempt.ti_id == r.ti_id)
+        span = spans[task_id]
+        assert sent[task_id].traceparent == r.trace_context
+        assert f"{span.context.span_id:016x}" in sent[task_id].traceparent
+    assert sink.total("rpc.errors") == 0
+
+
+def test_an_attempt_refused_in_a_batch_goes_to_another_worker(
+    fleet: Fleet, dispatcher: GrpcDispatcher
+) -> None:
+    fussy = fleet.add("a", slots=4, fake=FakeWorker(refuse_tasks=("t0", "t2")))
+    fleet.add("b", slots=4)
+    results = dispatcher.dispatch(queue_tasks(fleet.db, 4))
+    by_task = {m.task_id: m for m in fussy.calls}
+    owner = {r.ti_id: r.worker_id for r in results}
+    assert all(w is not None for w in owner.values())
+    assert {"t0", "t2"} <= set(by_task)  # a (least loaded first) was offered both
+    for task_id in ("t0", "t2"):  # refused there, taken by b
+        assert owner[by_task[task_id].attempt.ti_id] == "b"
+    assert len(fussy.running) == len([w for w in owner.values() if w == "a"])
+
+
+def test_a_worker_without_execute_batch_gets_one_execute_per_attempt(
+    fleet: Fleet, dispatcher: GrpcDispatcher, sink: RecordingSink
+) -> None:
+    old = fleet.add("old", slots=4, fake=FakeWorker(batch=False))
+    results = dispatcher.dispatch(queue_tasks(fleet.db, 3))
+    assert [r.worker_id for r in results] == ["old"] * 3
+    assert old.batches == []
+    assert sorted(m.task_id for m in old.calls) == ["t0", "t1", "t2"]
+    assert len(old.running) == 3
+    assert sink.total("rpc.errors") == 0
+    with fleet.db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT state FROM worker")).scalar_one() == "alive"
+
+
+def test_a_batch_that_keeps_failing_marks_the_worker_suspect_and_moves_on(
+    fleet: Fleet, dispatcher: GrpcDispatcher, sink: RecordingSink
+) -> None:
+    broken = fleet.add("a-broken", slots=4, fake=FakeWorker(failures=-1))
+    fleet.add("b-fine", slots=4)
+    results = dispatcher.dispatch(queue_tasks(fleet.db, 4))
+    assert [r.worker_id for r in results] == ["b-fine"] * 4
+    assert broken.running == set()
+    with fleet.db.engine.connect() as conn:
+        states = dict(conn.execute(sa.text("SELECT id, state FROM worker")).all())
+    assert states == {"a-broken": "suspect", "b-fine": "alive"}
+    assert (
+        sink.total("rpc.errors", method="/tradewind.v1.Worker/ExecuteBatch", code="UNAVAILABLE")
+        == 1
+    )

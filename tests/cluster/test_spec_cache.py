@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.dags import register
 from tradewind.dag import DAG
-from tradewind_cluster.scheduler.grpc_dispatch import task_from_json, task_to_json
+from tradewind_cluster.scheduler.execute_requests import task_from_json, task_to_json
 from tradewind_cluster.scheduler.specs import SpecCache
 from tradewind_cluster.store.database import Database
 

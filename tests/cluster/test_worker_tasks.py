@@ -24,7 +24,7 @@ from tests.support.processes import Proc
 from tradewind.dag import DAG
 from tradewind.operators.bash import BashOperator
 from tradewind_cluster.parsing.runner import parse_file
-from tradewind_proto.v1 import scheduler_pb2
+from tradewind_proto.v1 import scheduler_pb2, worker_pb2
 
 pytestmark = pytest.mark.cluster
 
@@ -396,3 +396,36 @@ def test_tail_follows_a_running_attempt_to_its_end(cluster: Cluster) -> None:
         "the whole log to be shipped",
     )
     assert shipped == text
+
+
+def test_execute_batch_takes_each_attempt_as_execute_would_replying_in_order(
+    cluster: Cluster,
+) -> None:
+    dag = bash_dag('echo "trace $TRACEPARENT"')
+    good, bad, again = cluster.ti(), cluster.ti(), cluster.ti()
+    for ti in (good, again):
+        cluster.fake.expect(ti, dag.dag_id, RUN_ID, "run")
+
+    def req(ti: int, **kwargs: object) -> worker_pb2.ExecuteRequest:
+        return execute_request(
+            ti_id=ti, dag_id=dag.dag_id, task_id="run", task_json=task_entry(dag, "run"),
+            fileloc=str(cluster.dags / "bash_dags.py"), run_id=RUN_ID, **kwargs,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    traced = req(good)
+    traced.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    malformed = req(bad, try_number=-1)
+    reply = cluster.client.stub.ExecuteBatch(
+        worker_pb2.ExecuteBatchRequest(attempts=[traced, malformed, req(again)]),
+        timeout=10,
+        metadata=cluster.client.metadata,
+    )
+    assert [r.accepted for r in reply.replies] == [True, False, True]
+    assert reply.replies[1].reason.startswith("bad request: try_number")
+    for ti in (good, again):
+        assert cluster.fake.final_report(ti).event == SUCCESS
+    # the attempt's own trace context: its task.execute span continues that trace
+    returned = {x.key: x.value for x in cluster.fake.final_report(good).xcoms}
+    assert "0af7651916cd43dd8448eb211c80319c" in returned["return_value"]
+    others = {x.key: x.value for x in cluster.fake.final_report(again).xcoms}
+    assert "0af7651916cd43dd8448eb211c80319c" not in others["return_value"]

@@ -5,21 +5,18 @@ reason, and the dispatch step requeues it. Execute is idempotent per token on th
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from tradewind.serialization import spec_from_dict, spec_to_dict
-from tradewind.spec import DagSpec, ScheduleKind, ScheduleSpec, TaskSpec
 from tradewind_cluster.config import Settings
 from tradewind_cluster.observability.metrics import Metrics
 from tradewind_cluster.observability.tracing import (
@@ -32,23 +29,18 @@ from tradewind_cluster.rpc.security import call_metadata
 from tradewind_cluster.rpc.server import RpcOptions, open_channel
 from tradewind_cluster.scheduler.context import SchedulerContext
 from tradewind_cluster.scheduler.dispatching import DispatchRequest, DispatchResult
-from tradewind_cluster.scheduler.specs import canonical_task_json
+from tradewind_cluster.scheduler.execute_requests import build_execute_request
 from tradewind_cluster.store import workers as store_workers
 from tradewind_cluster.store.database import Connection, Database
 from tradewind_cluster.store.workers import WorkerRow
-from tradewind_proto.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from tradewind_proto.v1 import worker_pb2, worker_pb2_grpc
 
-__all__ = [
-    "GrpcDispatchOptions",
-    "GrpcDispatcher",
-    "build_execute_request",
-    "task_from_json",
-    "task_to_json",
-]
+__all__ = ["GrpcDispatchOptions", "GrpcDispatcher"]
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
 _EXECUTE = "/tradewind.v1.Worker/Execute"
+_EXECUTE_BATCH = "/tradewind.v1.Worker/ExecuteBatch"
 _TRANSIENT = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -58,52 +50,6 @@ _TRANSIENT = frozenset(
     }
 )
 Ref = tuple[int, int]
-
-# A DagSpec shell around one task: the TaskSpec JSON is exactly what the DagSpec codec writes
-# for that task, so it stays in step with spec_codec without reaching into its internals.
-_SHELL = DagSpec(
-    dag_id="_", fileloc="", schedule=ScheduleSpec(kind=ScheduleKind.NONE, label="None")
-)
-
-
-def task_to_json(task: TaskSpec) -> str:
-    """One TaskSpec as canonical JSON (the DagSpec codec's form of a task) for task_json, when
-    the spec cache has not got it already (SpecCache.task_json)."""
-    data = spec_to_dict(replace(_SHELL, tasks={task.task_id: task}))["dag"]["tasks"][0]
-    return canonical_task_json(data)
-
-
-def task_from_json(text: str | bytes) -> TaskSpec:
-    """Read task_to_json's output; SerializationError says what is wrong with it."""
-    from tradewind.errors import SerializationError
-
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise SerializationError(f"task_json is not valid JSON: {exc}") from None
-    shell = spec_to_dict(_SHELL)
-    shell["dag"]["tasks"] = [data]
-    return next(iter(spec_from_dict(shell).tasks.values()))
-
-
-def build_execute_request(req: DispatchRequest) -> worker_pb2.ExecuteRequest:
-    """The ExecuteRequest for one attempt: everything the worker needs, nothing it must ask."""
-    a, task = req.attempt, req.task
-    timeout = task.execution_timeout.total_seconds() if task.execution_timeout else 0.0
-    return worker_pb2.ExecuteRequest(
-        attempt=common_pb2.AttemptRef(ti_id=a.ti_id, token=a.token),
-        dag_id=a.dag_id,
-        run_id=a.run_id,
-        task_id=a.task_id,
-        try_number=a.try_number,
-        logical_date=a.logical_date.isoformat(),
-        fileloc=req.dag.fileloc,
-        file_hash=req.file_hash,
-        task_json=req.task_json or task_to_json(task),
-        context_json=json.dumps(dict(req.run_context), sort_keys=True, allow_nan=False),
-        execution_timeout_s=timeout,
-        queue=a.queue,
-    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,6 +87,34 @@ class _Send:
     accepted: bool
     reason: str = ""
     broken: bool = False  # the RPC itself failed (after retries): the worker is suspect
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One worker's share of a dispatch pass: (index, request, span, message) each."""
+
+    worker: WorkerRow
+    items: list[tuple[int, DispatchRequest, Span, worker_pb2.ExecuteRequest]] = field(
+        default_factory=list
+    )
+
+
+@dataclass(slots=True)
+class _BatchSent:
+    replies: list[worker_pb2.ExecuteReply] = field(default_factory=list)
+    reason: str = ""
+    broken: bool = False  # the call failed after its retries: the worker is suspect
+    unimplemented: bool = False  # a worker without ExecuteBatch: one Execute per attempt
+
+
+def _span_attributes(a: Any) -> dict[str, Any]:
+    return {
+        "tradewind.dag_id": a.dag_id,
+        "tradewind.task_id": a.task_id,
+        "tradewind.ti_id": a.ti_id,
+        "tradewind.token": a.token,
+        "tradewind.queue": a.queue,
+    }
 
 
 class GrpcDispatcher:
@@ -184,14 +158,10 @@ class GrpcDispatcher:
             return []
         with self._dispatching:
             self._refresh()
-            if len(requests) == 1 or self.options.parallel_rpcs <= 1:
-                results = [self._dispatch_safely(r) for r in requests]
+            if len(requests) == 1:
+                results = [self._dispatch_safely(requests[0])]
             else:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(
-                        max_workers=self.options.parallel_rpcs, thread_name_prefix="dispatch"
-                    )
-                results = list(self._pool.map(self._dispatch_safely, requests))
+                results = self._dispatch_batched(requests)
             with self._lock:
                 self._queue_cache = None  # the slots just taken make it stale
         return results
@@ -345,11 +315,101 @@ class GrpcDispatcher:
             if entry is not None and entry[0] == worker_id:
                 self._forget(ref)
 
+    # -- a pass's attempts: one call per worker --------------------------------------------
+    def _dispatch_batched(self, requests: Sequence[DispatchRequest]) -> list[DispatchResult]:
+        """Each attempt's first try in one ExecuteBatch per worker (the calls in parallel). An
+        attempt refused or left unanswered goes the one-at-a-time way, past the worker tried;
+        a worker without ExecuteBatch (an older version) gets one Execute per attempt."""
+        results: dict[int, DispatchResult] = {}
+        batches: dict[str, _Batch] = {}
+        later: dict[int, tuple[set[str], list[str]]] = {}
+        for i, req in enumerate(requests):
+            a = req.attempt
+            worker = self._pick(a.queue, (a.ti_id, a.token), set())
+            if worker is None:
+                later[i] = (set(), [])
+                continue
+            span = _tracer.start_span(
+                "task.dispatch",
+                context=context_from(a.trace_context),
+                kind=SpanKind.CLIENT,
+                attributes=_span_attributes(a),
+            )
+            message = build_execute_request(req, traceparent=traceparent(span))
+            batches.setdefault(worker.id, _Batch(worker)).items.append((i, req, span, message))
+        todo = list(batches.values())
+        for batch, sent in zip(todo, self._map(self._send_batch, todo), strict=True):
+            w = batch.worker
+            for k, (i, req, span, _) in enumerate(batch.items):
+                a = req.attempt
+                reply = sent.replies[k] if k < len(sent.replies) else None
+                if reply is not None and reply.accepted:
+                    span.set_attribute("tradewind.worker", w.id)
+                    results[i] = DispatchResult(
+                        ti_id=a.ti_id,
+                        token=a.token,
+                        worker_id=w.id,
+                        trace_context=traceparent(span),
+                    )
+                    span.end()
+                    continue
+                span.end()
+                if sent.unimplemented:  # still reserved there: _pick sends it to w again
+                    later[i] = (set(), [])
+                    continue
+                self._release((a.ti_id, a.token), w.id)
+                if reply is None:
+                    reason = sent.reason or "no reply for this attempt"
+                else:
+                    reason = f"refused: {reply.reason or 'no reason given'}"
+                    self.metrics.incr(
+                        "scheduler.dispatch.failures", queue=a.queue, reason="refused"
+                    )
+                later[i] = ({w.id}, [f"worker {w.id}: {reason}"])
+            if sent.broken:
+                self._suspect(w, sent.reason)
+        for i, (tried, errors) in sorted(later.items()):
+            results[i] = self._dispatch_safely(requests[i], tried, errors)
+        return [results[i] for i in range(len(requests))]
+
+    def _map(self, fn: Callable[[_Batch], _BatchSent], batches: list[_Batch]) -> list[_BatchSent]:
+        if len(batches) <= 1 or self.options.parallel_rpcs <= 1:
+            return [fn(b) for b in batches]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=self.options.parallel_rpcs, thread_name_prefix="dispatch"
+            )
+        return list(self._pool.map(fn, batches))
+
+    def _send_batch(self, batch: _Batch) -> _BatchSent:
+        stub = self._stub(batch.worker.grpc_address)
+        opts = self.options
+        queue = batch.items[0][1].attempt.queue
+        request = worker_pb2.ExecuteBatchRequest(attempts=[m for *_, m in batch.items])
+        try:
+            with self.metrics.timer("scheduler.dispatch.duration", queue=queue):
+                reply = self._retrying()(
+                    stub.ExecuteBatch,
+                    request,
+                    timeout=opts.rpc.call_timeout_s,
+                    metadata=call_metadata(opts.rpc.security),
+                )
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code is grpc.StatusCode.UNIMPLEMENTED:
+                return _BatchSent(unimplemented=True)
+            self.metrics.incr("rpc.errors", method=_EXECUTE_BATCH, code=code.name)
+            self.metrics.incr("scheduler.dispatch.failures", queue=queue, reason="rpc_error")
+            return _BatchSent(reason=f"{code.name}: {exc.details()}", broken=True)
+        return _BatchSent(replies=list(reply.replies))
+
     # -- one attempt ----------------------------------------------------------------------
-    def _dispatch_safely(self, req: DispatchRequest) -> DispatchResult:
+    def _dispatch_safely(
+        self, req: DispatchRequest, tried: set[str] | None = None, errors: list[str] | None = None
+    ) -> DispatchResult:
         a = req.attempt
         try:
-            return self._dispatch_one(req)
+            return self._dispatch_one(req, tried=tried or set(), errors=errors or [])
         except Exception as exc:
             log.exception(
                 "dispatching attempt %s/%s failed",
@@ -361,26 +421,19 @@ class GrpcDispatcher:
                 ti_id=a.ti_id, token=a.token, worker_id=None, error=f"{type(exc).__name__}: {exc}"
             )
 
-    def _dispatch_one(self, req: DispatchRequest) -> DispatchResult:
+    def _dispatch_one(
+        self, req: DispatchRequest, *, tried: set[str], errors: list[str]
+    ) -> DispatchResult:
         a = req.attempt
         ref = (a.ti_id, a.token)
-        attributes: dict[str, Any] = {
-            "tradewind.dag_id": a.dag_id,
-            "tradewind.task_id": a.task_id,
-            "tradewind.ti_id": a.ti_id,
-            "tradewind.token": a.token,
-            "tradewind.queue": a.queue,
-        }
         # A child of the attempt's task.queue span; the worker's task.execute is its child.
         with _tracer.start_as_current_span(
             "task.dispatch",
             context=context_from(a.trace_context),
             kind=SpanKind.CLIENT,
-            attributes=attributes,
+            attributes=_span_attributes(a),
         ) as span:
             message = build_execute_request(req)
-            tried: set[str] = set()
-            errors: list[str] = []
             while len(tried) < self.options.workers_per_attempt:
                 worker = self._pick(a.queue, ref, tried)
                 if worker is None:
@@ -404,11 +457,10 @@ class GrpcDispatcher:
             errors.append(f"no live worker serves queue {a.queue!r} with a free slot")
         return DispatchResult(ti_id=a.ti_id, token=a.token, worker_id=None, error="; ".join(errors))
 
-    def _send(self, worker: WorkerRow, message: worker_pb2.ExecuteRequest, queue: str) -> _Send:
-        stub = self._stub(worker.grpc_address)
+    def _retrying(self) -> Retrying:
+        """Transient RPC failures retried on the same worker, with jittered, capped backoff."""
         opts = self.options
-        metadata = (*call_metadata(opts.rpc.security), *inject_context().items())
-        retrying = Retrying(
+        return Retrying(
             stop=stop_after_attempt(opts.retry_attempts),
             wait=wait_random_exponential(
                 multiplier=opts.retry_multiplier_s, max=opts.retry_max_wait_s
@@ -417,9 +469,14 @@ class GrpcDispatcher:
             sleep=self._sleep,
             reraise=True,
         )
+
+    def _send(self, worker: WorkerRow, message: worker_pb2.ExecuteRequest, queue: str) -> _Send:
+        stub = self._stub(worker.grpc_address)
+        opts = self.options
+        metadata = (*call_metadata(opts.rpc.security), *inject_context().items())
         try:
             with self.metrics.timer("scheduler.dispatch.duration", queue=queue):
-                reply = retrying(
+                reply = self._retrying()(
                     stub.Execute, message, timeout=opts.rpc.call_timeout_s, metadata=metadata
                 )
         except grpc.RpcError as exc:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import trace
@@ -79,6 +79,20 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self, request: worker_pb2.ExecuteRequest, context: grpc.ServicerContext
     ) -> worker_pb2.ExecuteReply:
         """Accept (and start) or refuse one attempt."""
+        return self._execute(request, dict(context.invocation_metadata() or ()))
+
+    def ExecuteBatch(  # noqa: N802 - the gRPC method name
+        self, request: worker_pb2.ExecuteBatchRequest, context: grpc.ServicerContext
+    ) -> worker_pb2.ExecuteBatchReply:
+        """Each attempt as Execute would take it; the replies in the order of the requests."""
+        carrier = dict(context.invocation_metadata() or ())
+        return worker_pb2.ExecuteBatchReply(
+            replies=[self._execute(attempt, carrier) for attempt in request.attempts]
+        )
+
+    def _execute(
+        self, request: worker_pb2.ExecuteRequest, carrier: dict[str, Any]
+    ) -> worker_pb2.ExecuteReply:
         try:
             order = order_from_request(request)
         except BadInputError as exc:
@@ -96,16 +110,19 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 )
             return worker_pb2.ExecuteReply(accepted=admission.accepted, reason=admission.reason)
         try:
-            self._start(attempt, context)
+            # The attempt's own trace context first (a batch carries one per attempt).
+            if request.traceparent:
+                carrier = {**carrier, "traceparent": request.traceparent}
+            self._start(attempt, carrier)
         except Exception as exc:  # the RPC edge: free the slot, tell the caller, carry on
             log.exception("could not start attempt %s", order.key)
             self.agent.executor.discard(attempt)
             return worker_pb2.ExecuteReply(accepted=False, reason=f"worker error: {exc}")
         return worker_pb2.ExecuteReply(accepted=True)
 
-    def _start(self, attempt: Attempt, context: grpc.ServicerContext) -> None:
+    def _start(self, attempt: Attempt, carrier: dict[str, Any]) -> None:
         order = attempt.order
-        parent = extract_context(context.invocation_metadata() or ())
+        parent = extract_context(carrier)
         attempt.span = _tracer.start_span(
             "task.execute",
             context=parent,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tradewind_proto.v1 import common_pb2 as tradewind__proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftradewind_proto/v1/worker.proto\x12\x0ctradewind.v1\x1a\x1ftradewind_proto/v1/common.proto\"\x8f\x02\n\x0e\x45xecuteRequest\x12)\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x0e\n\x06\x64\x61g_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x12\n\ntry_number\x18\x05 \x01(\x05\x12\x14\n\x0clogical_date\x18\x06 \x01(\t\x12\x0f\n\x07\x66ileloc\x18\x07 \x01(\t\x12\x11\n\tfile_hash\x18\x08 \x01(\t\x12\x11\n\ttask_json\x18\t \x01(\t\x12\x14\n\x0c\x63ontext_json\x18\n \x01(\t\x12\x1b\n\x13\x65xecution_timeout_s\x18\x0b \x01(\x01\x12\r\n\x05queue\x18\x0c \x01(\t\"0\n\x0c\x45xecuteReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"J\n\rCancelRequest\x12)\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1c\n\x0b\x43\x61ncelReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x0f\n\rStatusRequest\"\x81\x01\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\x05\x12\x12\n\nfree_slots\x18\x03 \x01(\x05\x12)\n\x07running\x18\x04 \x03(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\"H\n\x0bTailRequest\x12)\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"\x19\n\tTailChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\t2\x90\x02\n\x06Worker\x12\x43\n\x07\x45xecute\x12\x1c.tradewind.v1.ExecuteRequest\x1a\x1a.tradewind.v1.ExecuteReply\x12@\n\x06\x43\x61ncel\x12\x1b.tradewind.v1.CancelRequest\x1a\x19.tradewind.v1.CancelReply\x12\x41\n\x06Status\x12\x1b.tradewind.v1.StatusRequest\x1a\x1a.tradewind.v1.WorkerStatus\x12<\n\x04Tail\x12\x19.tradewind.v1.TailRequest\x1a\x17.tradewind.v1.TailChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftradewind_proto/v1/worker.proto\x12\x0ctradewind.v1\x1a\x1ftradewind_proto/v1/common.proto\"\xa4\x02\n\x0e\x45xecuteRequest\x12)\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x0e\n\x06\x64\x61g_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x12\n\ntry_number\x18\x05 \x01(\x05\x12\x14\n\x0clogical_date\x18\x06 \x01(\t\x12\x0f\n\x07\x66ileloc\x18\x07 \x01(\t\x12\x11\n\tfile_hash\x18\x08 \x01(\t\x12\x11\n\ttask_json\x18\t \x01(\t\x12\x14\n\x0c\x63ontext_json\x18\n \x01(\t\x12\x1b\n\x13\x65xecution_timeout_s\x18\x0b \x01(\x01\x12\r\n\x05queue\x18\x0c \x01(\t\x12\x13\n\x0btraceparent\x18\r \x01(\t\"E\n\x13\x45xecuteBatchRequest\x12.\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x1c.tradewind.v1.ExecuteRequest\"@\n\x11\x45xecuteBatchReply\x12+\n\x07replies\x18\x01 \x03(\x0b\x32\x1a.tradewind.v1.ExecuteReply\"0\n\x0c\x45xecuteReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"J\n\rCancelRequest\x12)\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1c\n\x0b\x43\x61ncelReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x0f\n\rStatusRequest\"\x81\x01\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\x05\x12\x12\n\nfree_slots\x18\x03 \x01(\x05\x12)\n\x07running\x18\x04 \x03(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\"H\n\x0bTailRequest\x12)\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"\x19\n\tTailChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\t2\xe4\x02\n\x06Worker\x12\x43\n\x07\x45xecute\x12\x1c.tradewind.v1.ExecuteRequest\x1a\x1a.tradewind.v1.ExecuteReply\x12R\n\x0c\x45xecuteBatch\x12!.tradewind.v1.ExecuteBatchRequest\x1a\x1f.tradewind.v1.ExecuteBatchReply\x12@\n\x06\x43\x61ncel\x12\x1b.tradewind.v1.CancelRequest\x1a\x19.tradewind.v1.CancelReply\x12\x41\n\x06Status\x12\x1b.tradewind.v1.StatusRequest\x1a\x1a.tradewind.v1.WorkerStatus\x12<\n\x04Tail\x12\x19.tradewind.v1.TailRequest\x1a\x17.tradewind.v1.TailChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tradewind_proto.v1.worker_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EXECUTEREQUEST']._serialized_start=83
-  _globals['_EXECUTEREQUEST']._serialized_end=354
-  _globals['_EXECUTEREPLY']._serialized_start=356
-  _globals['_EXECUTEREPLY']._serialized_end=404
-  _globals['_CANCELREQUEST']._serialized_start=406
-  _globals['_CANCELREQUEST']._serialized_end=480
-  _globals['_CANCELREPLY']._serialized_start=482
-  _globals['_CANCELREPLY']._serialized_end=510
-  _globals['_STATUSREQUEST']._serialized_start=512
-  _globals['_STATUSREQUEST']._serialized_end=527
-  _globals['_WORKERSTATUS']._serialized_start=530
-  _globals['_WORKERSTATUS']._serialized_end=659
-  _globals['_TAILREQUEST']._serialized_start=661
-  _globals['_TAILREQUEST']._serialized_end=733
-  _globals['_TAILCHUNK']._serialized_start=735
-  _globals['_TAILCHUNK']._serialized_end=760
-  _globals['_WORKER']._serialized_start=763
-  _globals['_WORKER']._serialized_end=1035
+  _globals['_EXECUTEREQUEST']._serialized_end=375
+  _globals['_EXECUTEBATCHREQUEST']._serialized_start=377
+  _globals['_EXECUTEBATCHREQUEST']._serialized_end=446
+  _globals['_EXECUTEBATCHREPLY']._serialized_start=448
+  _globals['_EXECUTEBATCHREPLY']._serialized_end=512
+  _globals['_EXECUTEREPLY']._serialized_start=514
+  _globals['_EXECUTEREPLY']._serialized_end=562
+  _globals['_CANCELREQUEST']._serialized_start=564
+  _globals['_CANCELREQUEST']._serialized_end=638
+  _globals['_CANCELREPLY']._serialized_start=640
+  _globals['_CANCELREPLY']._serialized_end=668
+  _globals['_STATUSREQUEST']._serialized_start=670
+  _globals['_STATUSREQUEST']._serialized_end=685
+  _globals['_WORKERSTATUS']._serialized_start=688
+  _globals['_WORKERSTATUS']._serialized_end=817
+  _globals['_TAILREQUEST']._serialized_start=819
+  _globals['_TAILREQUEST']._serialized_end=891
+  _globals['_TAILCHUNK']._serialized_start=893
+  _globals['_TAILCHUNK']._serialized_end=918
+  _globals['_WORKER']._serialized_start=921
+  _globals['_WORKER']._serialized_end=1277
 # @@protoc_insertion_point(module_scope)

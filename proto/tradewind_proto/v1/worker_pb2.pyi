@@ -35,6 +35,7 @@ class ExecuteRequest(_message.Message):
     CONTEXT_JSON_FIELD_NUMBER: _builtins.int
     EXECUTION_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     dag_id: _builtins.str
     run_id: _builtins.str
     task_id: _builtins.str
@@ -51,6 +52,10 @@ class ExecuteRequest(_message.Message):
     execution_timeout_s: _builtins.float
     """0: none"""
     queue: _builtins.str
+    traceparent: _builtins.str
+    """W3C traceparent of the attempt's task.dispatch span. Execute carries it as call metadata
+    too; in an ExecuteBatch each attempt has its own, so it travels in the message.
+    """
     @_builtins.property
     def attempt(self) -> _common_pb2.AttemptRef: ...
     def __init__(
@@ -68,13 +73,52 @@ class ExecuteRequest(_message.Message):
         context_json: _builtins.str = ...,
         execution_timeout_s: _builtins.float = ...,
         queue: _builtins.str = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "context_json", b"context_json", "dag_id", b"dag_id", "execution_timeout_s", b"execution_timeout_s", "file_hash", b"file_hash", "fileloc", b"fileloc", "logical_date", b"logical_date", "queue", b"queue", "run_id", b"run_id", "task_id", b"task_id", "task_json", b"task_json", "try_number", b"try_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "context_json", b"context_json", "dag_id", b"dag_id", "execution_timeout_s", b"execution_timeout_s", "file_hash", b"file_hash", "fileloc", b"fileloc", "logical_date", b"logical_date", "queue", b"queue", "run_id", b"run_id", "task_id", b"task_id", "task_json", b"task_json", "traceparent", b"traceparent", "try_number", b"try_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
 
 Global___ExecuteRequest: _TypeAlias = ExecuteRequest  # noqa: Y015
+
+@_typing.final
+class ExecuteBatchRequest(_message.Message):
+    """Several attempts for one worker in one call (one dispatch pass's share): each is handled as
+    its own Execute would be, and replies come in the order of the requests.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecuteRequest]: ...
+    def __init__(
+        self,
+        *,
+        attempts: _abc.Iterable[Global___ExecuteRequest] | None = ...,
+    ) -> None: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___ExecuteBatchRequest: _TypeAlias = ExecuteBatchRequest  # noqa: Y015
+
+@_typing.final
+class ExecuteBatchReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def replies(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecuteReply]: ...
+    def __init__(
+        self,
+        *,
+        replies: _abc.Iterable[Global___ExecuteReply] | None = ...,
+    ) -> None: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replies", b"replies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___ExecuteBatchReply: _TypeAlias = ExecuteBatchReply  # noqa: Y015
 
 @_typing.final
 class ExecuteReply(_message.Message):

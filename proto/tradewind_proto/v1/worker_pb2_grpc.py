@@ -39,6 +39,11 @@ class WorkerStub:
                 request_serializer=tradewind__proto_dot_v1_dot_worker__pb2.ExecuteRequest.SerializeToString,
                 response_deserializer=tradewind__proto_dot_v1_dot_worker__pb2.ExecuteReply.FromString,
                 _registered_method=True)
+        self.ExecuteBatch = channel.unary_unary(
+                '/tradewind.v1.Worker/ExecuteBatch',
+                request_serializer=tradewind__proto_dot_v1_dot_worker__pb2.ExecuteBatchRequest.SerializeToString,
+                response_deserializer=tradewind__proto_dot_v1_dot_worker__pb2.ExecuteBatchReply.FromString,
+                _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/tradewind.v1.Worker/Cancel',
                 request_serializer=tradewind__proto_dot_v1_dot_worker__pb2.CancelRequest.SerializeToString,
@@ -60,6 +65,12 @@ class WorkerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Execute(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExecuteBatch(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,6 +101,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Execute,
                     request_deserializer=tradewind__proto_dot_v1_dot_worker__pb2.ExecuteRequest.FromString,
                     response_serializer=tradewind__proto_dot_v1_dot_worker__pb2.ExecuteReply.SerializeToString,
+            ),
+            'ExecuteBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExecuteBatch,
+                    request_deserializer=tradewind__proto_dot_v1_dot_worker__pb2.ExecuteBatchRequest.FromString,
+                    response_serializer=tradewind__proto_dot_v1_dot_worker__pb2.ExecuteBatchReply.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
                     servicer.Cancel,
@@ -134,6 +150,33 @@ class Worker:
             '/tradewind.v1.Worker/Execute',
             tradewind__proto_dot_v1_dot_worker__pb2.ExecuteRequest.SerializeToString,
             tradewind__proto_dot_v1_dot_worker__pb2.ExecuteReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradewind.v1.Worker/ExecuteBatch',
+            tradewind__proto_dot_v1_dot_worker__pb2.ExecuteBatchRequest.SerializeToString,
+            tradewind__proto_dot_v1_dot_worker__pb2.ExecuteBatchReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,6 +32,7 @@ class WorkerStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> WorkerAsyncStub: ...
     Execute: _grpc.UnaryUnaryMultiCallable[_worker_pb2.ExecuteRequest, _worker_pb2.ExecuteReply]
+    ExecuteBatch: _grpc.UnaryUnaryMultiCallable[_worker_pb2.ExecuteBatchRequest, _worker_pb2.ExecuteBatchReply]
     Cancel: _grpc.UnaryUnaryMultiCallable[_worker_pb2.CancelRequest, _worker_pb2.CancelReply]
     Status: _grpc.UnaryUnaryMultiCallable[_worker_pb2.StatusRequest, _worker_pb2.WorkerStatus]
     Tail: _grpc.UnaryStreamMultiCallable[_worker_pb2.TailRequest, _worker_pb2.TailChunk]
@@ -40,6 +41,7 @@ class WorkerStub:
 class WorkerAsyncStub(WorkerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Execute: _aio.UnaryUnaryMultiCallable[_worker_pb2.ExecuteRequest, _worker_pb2.ExecuteReply]  # type: ignore[assignment]
+    ExecuteBatch: _aio.UnaryUnaryMultiCallable[_worker_pb2.ExecuteBatchRequest, _worker_pb2.ExecuteBatchReply]  # type: ignore[assignment]
     Cancel: _aio.UnaryUnaryMultiCallable[_worker_pb2.CancelRequest, _worker_pb2.CancelReply]  # type: ignore[assignment]
     Status: _aio.UnaryUnaryMultiCallable[_worker_pb2.StatusRequest, _worker_pb2.WorkerStatus]  # type: ignore[assignment]
     Tail: _aio.UnaryStreamMultiCallable[_worker_pb2.TailRequest, _worker_pb2.TailChunk]  # type: ignore[assignment]
@@ -51,6 +53,13 @@ class WorkerServicer(metaclass=_abc_1.ABCMeta):
         request: _worker_pb2.ExecuteRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_worker_pb2.ExecuteReply, _abc.Awaitable[_worker_pb2.ExecuteReply]]: ...
+
+    @_abc_1.abstractmethod
+    def ExecuteBatch(
+        self,
+        request: _worker_pb2.ExecuteBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_pb2.ExecuteBatchReply, _abc.Awaitable[_worker_pb2.ExecuteBatchReply]]: ...
 
     @_abc_1.abstractmethod
     def Cancel(
