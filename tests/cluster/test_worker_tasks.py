@@ -416,7 +416,8 @@ def test_execute_batch_takes_each_attempt_as_execute_would_replying_in_order(
     traced.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     malformed = req(bad, try_number=-1)
     reply = cluster.client.stub.ExecuteBatch(
-        worker_pb2.ExecuteBatchRequest(attempts=[traced, malformed, req(again)]),
+        # another try of it: its own log file (two attempts of one try would share one)
+        worker_pb2.ExecuteBatchRequest(attempts=[traced, malformed, req(again, try_number=2)]),
         timeout=10,
         metadata=cluster.client.metadata,
     )

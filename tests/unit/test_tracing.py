@@ -159,3 +159,17 @@ def test_after_shutdown_tracer_falls_back_to_the_global_provider() -> None:
     global_span.end()
     with MODULE_TRACER.start_as_current_span("fallback") as span:
         assert type(span) is type(global_span)
+
+
+def test_a_tracer_follows_each_new_provider_although_tracers_are_reused() -> None:
+    first, second = InMemorySpanExporter(), InMemorySpanExporter()
+    configure_tracing(TracingSettings(), exporter=first)
+    try:
+        for _ in range(2):  # the second span reuses the cached tracer of the same provider
+            MODULE_TRACER.start_span("one").end()
+        configure_tracing(TracingSettings(), exporter=second)
+        MODULE_TRACER.start_span("two").end()
+    finally:
+        shutdown_tracing()
+    assert [s.name for s in first.get_finished_spans()] == ["one", "one"]
+    assert [s.name for s in second.get_finished_spans()] == ["two"]

@@ -306,3 +306,19 @@ def test_returned_values_become_xcoms_and_a_repeated_key_keeps_the_last() -> Non
     assert returned_xcoms(launch, Task(), None) == ()
     Task.do_xcom_push = False
     assert returned_xcoms(launch, Task(), "x") == ()
+
+
+def test_a_launch_in_json_is_plain_and_independent_of_the_launch() -> None:
+    """to_dict is shallow but complete: every field, the env copied, access as a mapping."""
+    launch = Launch(
+        ti_id=1, token=2, dag_id="d", run_id="r", task_id="t", try_number=1,
+        logical_date="2024-01-02T00:00:00+00:00", fileloc="/f.py", file_hash="h",
+        task_json="{}", context_json="{}", queue="q", log_path="/l", dags_folder="/dags",
+        env={"A": "1"}, access=SchedulerAccess(addresses=("a:1", "b:2"), token="s"),
+    )  # fmt: skip
+    data = launch.to_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert data["access"]["addresses"] == ["a:1", "b:2"]
+    data["env"]["A"] = "changed"
+    assert launch.env == {"A": "1"}
+    assert Launch.from_dict(json.loads(json.dumps(launch.to_dict()))) == launch

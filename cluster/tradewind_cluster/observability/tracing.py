@@ -82,6 +82,9 @@ class _Active:
     lock = threading.Lock()
     provider: TracerProvider | None = None
     global_set = False
+    # The tracers handed out, per name, with the provider they came from: the SDK's
+    # get_tracer builds a new Tracer (and compares instrumentation scopes) on every call.
+    tracers: tuple[TracerProvider | None, dict[str, Tracer]] = (None, {})
 
 
 def _otlp_exporter(settings: TracingSettings) -> SpanExporter:
@@ -149,9 +152,16 @@ def shutdown_tracing() -> None:
 
 def _current_tracer(name: str) -> Tracer:
     provider = _Active.provider
-    if provider is not None:
-        return provider.get_tracer(name)
-    return trace.get_tracer(name)
+    if provider is None:
+        return trace.get_tracer(name)
+    owner, tracers = _Active.tracers
+    if owner is not provider:  # a new provider: start a new cache (two threads may race: fine)
+        tracers = {}
+        _Active.tracers = (provider, tracers)
+    found = tracers.get(name)
+    if found is None:
+        found = tracers[name] = provider.get_tracer(name)
+    return found
 
 
 class _ActiveTracer(Tracer):

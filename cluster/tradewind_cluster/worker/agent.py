@@ -85,6 +85,9 @@ class WorkerAgent:
         self._threads: list[threading.Thread] = []
         self._forkserver_lost = False
         self.forkserver = ForkServer(self._on_fork_message, direct_bash=self.options.direct_bash)
+        # What every task's environment starts from, taken once: copying os.environ decodes
+        # every variable, per attempt.
+        self._base_env = _task_env(dict(os.environ), {})
 
     # -- start / stop ---------------------------------------------------------------------
     def start(self) -> WorkerPorts:
@@ -245,7 +248,8 @@ class WorkerAgent:
             max_xcom_bytes=self.options.max_xcom_bytes,
             hostname=self.hostname,
             env={
-                **_task_env(dict(os.environ), trace_env),
+                **self._base_env,
+                **trace_env,
                 # The attempt's identity, for ledgers and tools inside the task.
                 "TRADEWIND_TI_ID": str(o.ti_id),
                 "TRADEWIND_ATTEMPT_TOKEN": str(o.token),

@@ -4,7 +4,7 @@ attempt and the events a task process sends back (started, result), as JSON line
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -91,8 +91,14 @@ class Launch:
         return attempt_key(self.ti_id, self.token)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form."""
-        return asdict(self)
+        """The JSON form (shallow: every field is a string, a number, the env mapping or the
+        access record; dataclasses.asdict deep-copied the whole environment per attempt)."""
+        data: dict[str, Any] = {name: getattr(self, name) for name in _PLAIN_FIELDS}
+        data["env"] = dict(self.env)
+        access = self.access
+        data["access"] = {name: getattr(access, name) for name in _ACCESS_FIELDS}
+        data["access"]["addresses"] = list(access.addresses)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Launch:
@@ -101,6 +107,10 @@ class Launch:
         access = dict(raw.pop("access", {}))
         access["addresses"] = tuple(access.get("addresses", ()))
         return cls(**raw, access=SchedulerAccess(**access))
+
+
+_PLAIN_FIELDS = tuple(f.name for f in fields(Launch) if f.name not in ("env", "access"))
+_ACCESS_FIELDS = tuple(f.name for f in fields(SchedulerAccess))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
