@@ -156,6 +156,7 @@ def dispatcher(database: Database, sink: RecordingSink) -> Iterator[GrpcDispatch
         retry_attempts=3,
         retry_multiplier_s=0.001,
         retry_max_wait_s=0.002,
+        board_reuse_s=0.0,  # every dispatch reads the board: these tests free slots in between
     )
     d = GrpcDispatcher(
         database, options, metrics=Metrics([sink], strict=True), sleep=lambda s: None
@@ -499,3 +500,26 @@ def test_a_batch_that_keeps_failing_marks_the_worker_suspect_and_moves_on(
         sink.total("rpc.errors", method="/tradewind.v1.Worker/ExecuteBatch", code="UNAVAILABLE")
         == 1
     )
+
+
+def test_a_board_read_moments_ago_serves_the_next_dispatch(
+    fleet: Fleet, database: Database, sink: RecordingSink
+) -> None:
+    """Within board_reuse_s (the queue step's read, in a loop pass) dispatch does not read
+    the workers again: a worker registered meanwhile is seen once the board is older."""
+    now = [100.0]
+    options = GrpcDispatchOptions(rpc=RpcOptions(security=SECURITY, call_timeout_s=5))
+    d = GrpcDispatcher(
+        database, options, metrics=Metrics([sink], strict=True), monotonic=lambda: now[0]
+    )
+    try:
+        fleet.add("w1", slots=1)
+        assert d.dispatch(queue_tasks(fleet.db, 1))[0].worker_id == "w1"
+        fleet.add("w2", slots=1)
+        [late] = queue_tasks(fleet.db, 1, first=1)
+        now[0] += options.board_reuse_s / 2
+        assert d.dispatch([late])[0].worker_id is None  # w1 is full, w2 not on the board yet
+        now[0] += options.board_reuse_s
+        assert d.dispatch([late])[0].worker_id == "w2"
+    finally:
+        d.close()

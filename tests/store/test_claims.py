@@ -8,9 +8,10 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from tests.support.factories import T0, insert_dag, insert_run
+from tests.support.factories import T0, insert_dag, insert_run, insert_ti
 from tradewind_cluster.store.dags import claim_due_dags
 from tradewind_cluster.store.database import Database
+from tradewind_cluster.store.examine import claim_runs_with_tis
 
 pytestmark = pytest.mark.store
 
@@ -54,3 +55,53 @@ def test_one_run_per_logical_date_and_per_run_id(database: Database) -> None:
         database.transaction(lambda c: insert_run(c, "d", day=0, run_id="r2"))
     with pytest.raises(sa.exc.IntegrityError, match="uq_dag_run_dag_id_run_id"):
         database.transaction(lambda c: insert_run(c, "d", day=1, run_id="r1"))
+
+
+def test_an_examine_claim_locks_due_runs_with_their_hashes_and_task_instances(
+    database: Database,
+) -> None:
+    now = T0 + timedelta(hours=1)
+
+    def setup(conn: sa.Connection) -> dict[str, int]:
+        insert_dag(conn, "parsed")
+        insert_dag(conn, "unparsed")
+        conn.execute(
+            sa.text(
+                "INSERT INTO serialized_dag (dag_id, fileloc, data, spec_hash, file_hash)"
+                " VALUES ('parsed', '/dags/parsed.py', '{}', 'h1', 'f1')"
+            )
+        )
+        pks = {
+            "two_tis": insert_run(conn, "parsed", day=0),
+            "no_tis": insert_run(conn, "parsed", day=1),
+            "unparsed": insert_run(conn, "unparsed", day=0),
+            "later": insert_run(conn, "parsed", day=2),
+            "done": insert_run(conn, "parsed", day=3, state="success"),
+        }
+        insert_ti(conn, pks["two_tis"], "a")
+        insert_ti(conn, pks["two_tis"], "b", state="scheduled")
+        insert_ti(conn, pks["unparsed"], "a")
+        for name, pk in pks.items():
+            due = now + timedelta(hours=1) if name == "later" else now - timedelta(minutes=1)
+            conn.execute(
+                sa.text("UPDATE dag_run SET examine_after = :t WHERE id = :id"),
+                {"t": due, "id": pk},
+            )
+        return pks
+
+    pks = database.transaction(setup)
+    with database.engine.begin() as holder:  # another replica examines one run
+        holder.execute(
+            sa.text("SELECT id FROM dag_run WHERE id = :id FOR UPDATE"), {"id": pks["two_tis"]}
+        )
+        while_held = database.transaction(lambda c: claim_runs_with_tis(c, now=now, limit=10))
+    assert {r.id for r in while_held.runs} == {pks["no_tis"], pks["unparsed"]}
+    claimed = database.transaction(lambda c: claim_runs_with_tis(c, now=now, limit=10))
+    assert {r.id for r in claimed.runs} == {pks["two_tis"], pks["no_tis"], pks["unparsed"]}
+    assert claimed.spec_hashes == {"parsed": "h1"}  # a DAG never parsed has none
+    assert sorted(t.task_id for t in claimed.tis[pks["two_tis"]]) == ["a", "b"]
+    assert pks["no_tis"] not in claimed.tis
+    assert [t.task_id for t in claimed.tis[pks["unparsed"]]] == ["a"]
+    assert claimed.tis[pks["two_tis"]][0].run_pk == pks["two_tis"]
+    limited = database.transaction(lambda c: claim_runs_with_tis(c, now=now, limit=1))
+    assert len(limited.runs) == 1  # the limit counts runs, not rows

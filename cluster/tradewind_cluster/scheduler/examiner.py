@@ -88,13 +88,13 @@ class RunExaminer:
 
     def _examine(self, conn: Connection, now: datetime) -> tuple[ExaminationReport, _Emissions]:
         emissions = _Emissions()
-        claimed = store_examine.claim_runs_to_examine(
+        found = store_examine.claim_runs_with_tis(
             conn, now=now, limit=self.ctx.options.max_dagruns_to_examine
         )
+        claimed, tis = found.runs, found.tis
         if not claimed:
             return ExaminationReport(), emissions
-        specs = self.ctx.specs.get_many(conn, [r.dag_id for r in claimed])
-        tis = store_examine.tis_by_run(conn, [r.id for r in claimed])
+        specs = {d: e.spec for d, e in self.ctx.specs.for_hashes(conn, found.spec_hashes).items()}
         done: list[tuple[store_examine.Examined, store_examine.AppliedExamination]] = []
         batch: list[store_examine.Examined] = []
         for run in claimed:

@@ -63,6 +63,9 @@ class GrpcDispatchOptions:
     workers_per_attempt: int = 3  # distinct workers tried before giving up
     worker_max_age_s: float = 4.0  # a worker silent for its lease cannot run anything
     queue_open_ttl_s: float = 0.5
+    # A board read this recently (by the same pass's queue step) serves a dispatch as it is:
+    # slots taken since are held by in-flight entries, slots freed since are seen next pass.
+    board_reuse_s: float = 0.05
     suspect_cooldown_s: float = 5.0  # this replica skips a suspect worker for that long
     inflight_ttl_s: float = 60.0
     parallel_rpcs: int = 8
@@ -141,6 +144,7 @@ class GrpcDispatcher:
         self._by_worker: dict[str, set[Ref]] = {}  # the same entries, per worker
         self._cooling: dict[str, float] = {}  # worker id -> monotonic time it may be tried again
         self._queue_cache: tuple[float, dict[str, int]] | None = None
+        self._board_at = float("-inf")  # monotonic time the board's last read began
         self._stubs: dict[str, tuple[grpc.Channel, worker_pb2_grpc.WorkerStub]] = {}
         self._pool: ThreadPoolExecutor | None = None
 
@@ -157,7 +161,8 @@ class GrpcDispatcher:
         if not requests:
             return []
         with self._dispatching:
-            self._refresh()
+            if self._now() - self._board_at > self.options.board_reuse_s:
+                self._refresh()
             if len(requests) == 1:
                 results = [self._dispatch_safely(requests[0])]
             else:
@@ -233,6 +238,7 @@ class GrpcDispatcher:
         store now accounts for (assigned to a worker, finished or requeued)."""
         with self._lock:
             refs = list(self._inflight)
+        started = self._now()
 
         def read(conn: Connection) -> tuple[list[WorkerRow], set[Ref], dict[str, int]]:
             rows = store_workers.live_workers(
@@ -245,6 +251,7 @@ class GrpcDispatcher:
         rows, still, pending = self.db.read(read)
         now = self._now()
         with self._lock:
+            self._board_at = started
             self._workers = {w.id: w for w in rows}
             for ref in refs:
                 entry = self._inflight.get(ref)

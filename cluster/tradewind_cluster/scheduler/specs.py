@@ -57,8 +57,11 @@ class SpecCache:
 
     def entries(self, conn: Connection, dag_ids: Sequence[str]) -> dict[str, CachedDag]:
         """The current version of each DAG that has one (DAGs never parsed are left out)."""
-        ids = sorted(set(dag_ids))
-        hashes = spec_hashes(conn, ids)
+        return self.for_hashes(conn, spec_hashes(conn, sorted(set(dag_ids))))
+
+    def for_hashes(self, conn: Connection, hashes: Mapping[str, str]) -> dict[str, CachedDag]:
+        """The version of each DAG with the given current spec hash (read by the caller along
+        with something else); only a DAG whose hash changed is read and decoded again."""
         with self._lock:
             known = {d: self._entries.get(d) for d in hashes}
         stale = [d for d, h in hashes.items() if (e := known[d]) is None or e.spec_hash != h]

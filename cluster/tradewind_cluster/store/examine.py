@@ -25,12 +25,12 @@ from tradewind_cluster.store.task_instances import set_tis_state
 
 __all__ = [
     "AppliedExamination",
+    "Claimed",
     "Examined",
     "apply_examinations",
-    "claim_runs_to_examine",
+    "claim_runs_with_tis",
     "flag_dags_for_run_check",
     "previous_states",
-    "tis_by_run",
 ]
 
 ti = task_instance
@@ -48,34 +48,53 @@ class AppliedExamination:
     run_state: DagRunState | None  # the new state when the run finished
 
 
-def claim_runs_to_examine(conn: Connection, *, now: datetime, limit: int) -> list[RunRow]:
-    """Lock running runs due for examination, oldest request first (SKIP LOCKED)."""
-    rows = conn.execute(
-        sa.select(dag_run)
-        .where(dag_run.c.state == "running", dag_run.c.examine_after <= now)
-        .order_by(dag_run.c.examine_after)
-        .limit(limit)
-        .with_for_update(of=dag_run, skip_locked=True)
-    ).mappings()
-    return [to_run_row(r) for r in rows]
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """Runs locked for examination, with their DAGs' spec hashes and their task instances."""
+
+    runs: list[RunRow]
+    spec_hashes: dict[str, str]  # dag_id -> hash of its stored spec (DAGs never parsed: none)
+    tis: dict[int, list[TaskInstanceRow]]  # run pk -> its task instances
 
 
-def tis_by_run(conn: Connection, run_pks: Sequence[int]) -> dict[int, list[TaskInstanceRow]]:
-    """The task instances of each run (bounded by the DAGs' sizes)."""
-    out: dict[int, list[TaskInstanceRow]] = defaultdict(list)
-    if run_pks:
-        for r in conn.execute(_TIS_BY_RUN, {"pks": list(run_pks)}):
-            row = ti_row_from(r)
-            out[row.run_pk].append(row)
-    return out
-
-
-# Every examination reads all task instances of its runs: a prebuilt statement of exactly the
-# snapshot's columns, converted by position.
-_TIS_BY_RUN = sa.text(
-    f"SELECT {', '.join(TI_ROW_COLUMNS)} FROM task_instance"
-    " WHERE run_pk = ANY(CAST(:pks AS bigint[]))"
+_RUN_COLUMNS = tuple(c.name for c in dag_run.c)
+# One round trip for what an examine pass reads first: the due runs (locked as
+# SKIP LOCKED, oldest request first), their DAGs' spec hashes and every task instance of them.
+_CLAIM_WITH_TIS = sa.text(
+    f"""
+    WITH r AS MATERIALIZED (
+        SELECT * FROM dag_run
+        WHERE state = 'running' AND examine_after <= :now
+        ORDER BY examine_after
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    SELECT {", ".join(f"r.{c}" for c in _RUN_COLUMNS)}, sd.spec_hash,
+           {", ".join(f"ti.{c}" for c in TI_ROW_COLUMNS)}
+    FROM r
+    LEFT JOIN serialized_dag AS sd ON sd.dag_id = r.dag_id
+    LEFT JOIN task_instance AS ti ON ti.run_pk = r.id
+    ORDER BY r.examine_after, r.id
+    """
 )
+
+
+def claim_runs_with_tis(conn: Connection, *, now: datetime, limit: int) -> Claimed:
+    """Lock running runs due for examination, oldest request first (SKIP LOCKED), and read
+    their DAGs' spec hashes and their task instances, in one statement."""
+    runs: dict[int, RunRow] = {}
+    hashes: dict[str, str] = {}
+    tis: dict[int, list[TaskInstanceRow]] = defaultdict(list)
+    n = len(_RUN_COLUMNS)
+    for row in conn.execute(_CLAIM_WITH_TIS, {"now": now, "limit": limit}):
+        pk = row[0]
+        if pk not in runs:
+            runs[pk] = to_run_row(dict(zip(_RUN_COLUMNS, row[:n], strict=True)))
+            if row[n] is not None:
+                hashes[runs[pk].dag_id] = row[n]
+        if row[n + 1] is not None:  # a run with no task instance yet has one row of NULLs
+            tis[pk].append(ti_row_from(row[n + 1 :]))
+    return Claimed(runs=list(runs.values()), spec_hashes=hashes, tis=dict(tis))
 
 
 def previous_states(

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-from sqlalchemy.engine import RowMapping
 
 from tradewind.states import DagRunState, TaskInstanceState
 from tradewind_cluster.store.snapshots import DagRow, RunRow, TaskInstanceRow
@@ -13,16 +11,16 @@ from tradewind_cluster.store.snapshots import DagRow, RunRow, TaskInstanceRow
 __all__ = ["TI_ROW_COLUMNS", "ti_row_from", "to_dag_row", "to_run_row", "to_ti_row"]
 
 
-def _pick(row: RowMapping, names: tuple[str, ...]) -> dict[str, Any]:
+def _pick(row: Mapping[Any, Any], names: tuple[str, ...]) -> dict[str, Any]:
     return {n: row[n] for n in names}
 
 
-def to_dag_row(row: RowMapping) -> DagRow:
+def to_dag_row(row: Mapping[Any, Any]) -> DagRow:
     """Snapshot of a `dag` row."""
     return DagRow(**_pick(row, tuple(DagRow.__dataclass_fields__)))
 
 
-def to_run_row(row: RowMapping) -> RunRow:
+def to_run_row(row: Mapping[Any, Any]) -> RunRow:
     """Snapshot of a `dag_run` row."""
     data = _pick(row, tuple(f for f in RunRow.__dataclass_fields__ if f in row))
     data["state"] = DagRunState(row["state"])
@@ -36,7 +34,7 @@ TI_ROW_COLUMNS = _TI_FIELDS
 """The task_instance columns of a TaskInstanceRow, in the order ti_row_from reads them."""
 
 
-def to_ti_row(row: RowMapping) -> TaskInstanceRow:
+def to_ti_row(row: Mapping[Any, Any]) -> TaskInstanceRow:
     """Snapshot of a `task_instance` row."""
     return _ti_row({f: row[f] for f in _TI_FIELDS if f in row})
 
