@@ -4,6 +4,7 @@ replaced by a recorder that can hold a call: what is under test is the outbox's 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -46,9 +47,9 @@ def _report(ti_id: int, event: int = scheduler_pb2.ATTEMPT_EVENT_SUCCESS) -> Pen
     return PendingReport(ti_id=ti_id, token=1, event=event)
 
 
-@pytest.fixture
-def outbox() -> Iterator[tuple[Reporter, _Link, list[PendingReport]]]:
-    link = _Link()
+@contextlib.contextmanager
+def _running(link: _Link, senders: int) -> Iterator[tuple[Reporter, _Link, list[PendingReport]]]:
+    """A Reporter on `link` with `senders` sender threads, closed (and joined) at the end."""
     accepted: list[PendingReport] = []
     reporter = Reporter(
         link,  # type: ignore[arg-type]
@@ -56,9 +57,9 @@ def outbox() -> Iterator[tuple[Reporter, _Link, list[PendingReport]]]:
         on_refused=lambda report, reason: None,
         on_accepted=accepted.append,
         call_timeout_s=1.0,
-        max_backoff_s=0.05,
+        max_backoff_s=0.02,
     )
-    threads = [threading.Thread(target=reporter.run, daemon=True) for _ in range(SENDERS)]
+    threads = [threading.Thread(target=reporter.run, daemon=True) for _ in range(senders)]
     for t in threads:
         t.start()
     yield reporter, link, accepted
@@ -66,6 +67,12 @@ def outbox() -> Iterator[tuple[Reporter, _Link, list[PendingReport]]]:
     for t in threads:
         t.join(5)
         assert not t.is_alive()
+
+
+@pytest.fixture
+def outbox() -> Iterator[tuple[Reporter, _Link, list[PendingReport]]]:
+    with _running(_Link(), SENDERS) as running:
+        yield running
 
 
 def test_a_held_attempt_does_not_hold_the_others_and_keeps_its_order(outbox) -> None:
@@ -105,22 +112,8 @@ def test_reports_submitted_while_flush_waits_are_sent(outbox) -> None:
 
 
 def test_an_unanswered_report_is_sent_again_until_a_scheduler_answers() -> None:
-    link = _Link(failures=3)
-    accepted: list[PendingReport] = []
-    reporter = Reporter(
-        link,  # type: ignore[arg-type]
-        "w1",
-        on_refused=lambda report, reason: None,
-        on_accepted=accepted.append,
-        call_timeout_s=1.0,
-        max_backoff_s=0.02,
-    )
-    sender = threading.Thread(target=reporter.run, daemon=True)
-    sender.start()
-    reporter.submit(_report(7))
-    assert reporter.flush(5)
+    with _running(_Link(failures=3), senders=1) as (reporter, link, accepted):
+        reporter.submit(_report(7))
+        assert reporter.flush(5)
     assert link.calls == [(7, scheduler_pb2.ATTEMPT_EVENT_SUCCESS)]
     assert [r.ti_id for r in accepted] == [7]
-    reporter.close()
-    sender.join(5)
-    assert not sender.is_alive()
