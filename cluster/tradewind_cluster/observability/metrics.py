@@ -134,7 +134,12 @@ _TABLE = (
     _spec("scheduler.members.alive", _G, "Scheduler replicas alive (member rows)."),
     _spec("scheduler.workers.alive", _G, "Worker agents whose heartbeat is fresh."),
     _spec("scheduler.tasks.dispatched", _C, "Attempts handed to a worker.", ("queue",)),
-    _spec("scheduler.dispatch.duration", _T, "Time of one dispatch RPC to a worker.", ("queue",)),
+    _spec(
+        "scheduler.dispatch.duration",
+        _T,
+        "Time of one dispatch RPC to a worker (an ExecuteBatch carries a pass's attempts for it).",
+        ("queue",),
+    ),
     _spec("scheduler.dispatch.latency", _T, "Time from queued to accepted by a worker.",
           ("queue",)),
     _spec("scheduler.dispatch.failures", _C, "Dispatch RPCs that failed.", ("queue", "reason")),
