@@ -56,6 +56,7 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
         self.calls: list[worker_pb2.ExecuteRequest] = []
         self.metadata: list[dict[str, str]] = []
         self.batches: list[list[str]] = []  # task ids of each ExecuteBatch answered
+        self.batch_calls = 0  # ExecuteBatch calls received, answered or not
         self.running: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
 
@@ -71,6 +72,7 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
     def ExecuteBatch(
         self, request: worker_pb2.ExecuteBatchRequest, context: grpc.ServicerContext
     ) -> worker_pb2.ExecuteBatchReply:
+        self.batch_calls += 1
         if not self.batch:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         with self._lock:
@@ -474,7 +476,7 @@ def test_an_attempt_refused_in_a_batch_goes_to_another_worker(
 def test_a_worker_without_execute_batch_gets_one_execute_per_attempt(
     fleet: Fleet, dispatcher: GrpcDispatcher, sink: RecordingSink
 ) -> None:
-    old = fleet.add("old", slots=4, fake=FakeWorker(batch=False))
+    old = fleet.add("old", slots=8, fake=FakeWorker(batch=False))
     results = dispatcher.dispatch(queue_tasks(fleet.db, 3))
     assert [r.worker_id for r in results] == ["old"] * 3
     assert old.batches == []
@@ -483,16 +485,31 @@ def test_a_worker_without_execute_batch_gets_one_execute_per_attempt(
     assert sink.total("rpc.errors") == 0
     with fleet.db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT state FROM worker")).scalar_one() == "alive"
+    # remembered: the next pass does not ask it for ExecuteBatch again
+    more = dispatcher.dispatch(queue_tasks(fleet.db, 2, first=3))
+    assert [r.worker_id for r in more] == ["old"] * 2
+    assert old.batch_calls == 1
 
 
-def test_a_batch_that_keeps_failing_marks_the_worker_suspect_and_moves_on(
+def test_a_batch_that_keeps_failing_comes_back_unassigned_for_new_tokens(
     fleet: Fleet, dispatcher: GrpcDispatcher, sink: RecordingSink
 ) -> None:
+    """The failed call may have started some of its attempts there: sending them to another
+    worker under the same token could run them twice, so they come back unassigned (the
+    dispatch step queues them again under new tokens) and the worker is marked suspect."""
     broken = fleet.add("a-broken", slots=4, fake=FakeWorker(failures=-1))
-    fleet.add("b-fine", slots=4)
+    fine = fleet.add("b-fine", slots=4)
     results = dispatcher.dispatch(queue_tasks(fleet.db, 4))
-    assert [r.worker_id for r in results] == ["b-fine"] * 4
-    assert broken.running == set()
+    sent_to_broken = {m.attempt.ti_id for m in broken.calls}
+    assert sent_to_broken  # least loaded first: a-broken got its share
+    for r in results:
+        if r.ti_id in sent_to_broken:
+            assert r.worker_id is None
+            assert r.error is not None
+            assert "UNAVAILABLE" in r.error
+        else:
+            assert r.worker_id == "b-fine"
+    assert not sent_to_broken & {ti for ti, _ in fine.running}
     with fleet.db.engine.connect() as conn:
         states = dict(conn.execute(sa.text("SELECT id, state FROM worker")).all())
     assert states == {"a-broken": "suspect", "b-fine": "alive"}
@@ -500,6 +517,26 @@ def test_a_batch_that_keeps_failing_marks_the_worker_suspect_and_moves_on(
         sink.total("rpc.errors", method="/tradewind.v1.Worker/ExecuteBatch", code="UNAVAILABLE")
         == 1
     )
+
+
+def test_a_batch_stays_under_half_the_message_limit(
+    fleet: Fleet, database: Database, sink: RecordingSink
+) -> None:
+    fake = fleet.add("w1", slots=8)
+    options = GrpcDispatchOptions(
+        rpc=RpcOptions(security=SECURITY, call_timeout_s=5, max_message_bytes=2400),
+        board_reuse_s=0.0,
+    )
+    d = GrpcDispatcher(database, options, metrics=Metrics([sink], strict=True))
+    try:
+        results = d.dispatch(queue_tasks(fleet.db, 6))
+    finally:
+        d.close()
+    assert [r.worker_id for r in results] == ["w1"] * 6
+    assert len(fake.batches) > 1
+    assert sorted(t for b in fake.batches for t in b) == [f"t{i}" for i in range(6)]
+    sizes = [sum(m.ByteSize() for m in fake.calls if m.task_id in b) for b in fake.batches]
+    assert max(sizes) <= 1200
 
 
 def test_a_board_read_moments_ago_serves_the_next_dispatch(

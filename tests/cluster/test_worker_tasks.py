@@ -23,6 +23,7 @@ from tests.support.fake_scheduler import (
 from tests.support.processes import Proc
 from tradewind.dag import DAG
 from tradewind.operators.bash import BashOperator
+from tradewind.serialization import dag_to_spec, spec_to_dict
 from tradewind_cluster.parsing.runner import parse_file
 from tradewind_proto.v1 import scheduler_pb2, worker_pb2
 
@@ -415,14 +416,20 @@ def test_execute_batch_takes_each_attempt_as_execute_would_replying_in_order(
     traced = req(good)
     traced.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     malformed = req(bad, try_number=-1)
+    # a whole serialized DAG that lacks the task: an unexpected error (KeyError) while taking
+    # it refuses that attempt only, never the call (which would hide what already started)
+    whole_dag = json.dumps(spec_to_dict(dag_to_spec(dag)))
+    odd = req(cluster.ti())
+    odd.task_json, odd.task_id = whole_dag, "not-in-it"
     reply = cluster.client.stub.ExecuteBatch(
         # another try of it: its own log file (two attempts of one try would share one)
-        worker_pb2.ExecuteBatchRequest(attempts=[traced, malformed, req(again, try_number=2)]),
+        worker_pb2.ExecuteBatchRequest(attempts=[traced, malformed, odd, req(again, try_number=2)]),
         timeout=10,
         metadata=cluster.client.metadata,
     )
-    assert [r.accepted for r in reply.replies] == [True, False, True]
+    assert [r.accepted for r in reply.replies] == [True, False, False, True]
     assert reply.replies[1].reason.startswith("bad request: try_number")
+    assert "not-in-it" in reply.replies[2].reason
     for ti in (good, again):
         assert cluster.fake.final_report(ti).event == SUCCESS
     # the attempt's own trace context: its task.execute span continues that trace

@@ -81,8 +81,12 @@ def test_a_direct_attempt_runs_in_a_fresh_temporary_directory_removed_after(tmp_
     assert dirs[0] != dirs[1]  # each attempt gets its own
 
 
-def test_a_task_decoded_twice_is_the_same_spec() -> None:
+def test_the_fork_server_decodes_a_fresh_spec_for_every_attempt() -> None:
+    """It renders templates with the spec in its own process: nothing a template does to one
+    attempt's values may reach the next attempt's (the agent caches; see service.py)."""
     launch = _launch("echo {{ ds }}")
     first = decode_task(launch.task_json, "t")
-    assert decode_task(launch.task_json, "t") is first
-    assert first.fields["bash_command"] == "echo {{ ds }}"
+    first.fields["skip_on_exit_code"].append(7)
+    again = decode_task(launch.task_json, "t")
+    assert again is not first
+    assert again.fields["skip_on_exit_code"] == [99]

@@ -100,6 +100,7 @@ class _Batch:
     items: list[tuple[int, DispatchRequest, Span, worker_pb2.ExecuteRequest]] = field(
         default_factory=list
     )
+    size: int = 0  # bytes of the messages
 
 
 @dataclass(slots=True)
@@ -145,6 +146,7 @@ class GrpcDispatcher:
         self._cooling: dict[str, float] = {}  # worker id -> monotonic time it may be tried again
         self._queue_cache: tuple[float, dict[str, int]] | None = None
         self._board_at = float("-inf")  # monotonic time the board's last read began
+        self._no_batch: set[str] = set()  # workers that answered ExecuteBatch UNIMPLEMENTED
         self._stubs: dict[str, tuple[grpc.Channel, worker_pb2_grpc.WorkerStub]] = {}
         self._pool: ThreadPoolExecutor | None = None
 
@@ -324,60 +326,97 @@ class GrpcDispatcher:
 
     # -- a pass's attempts: one call per worker --------------------------------------------
     def _dispatch_batched(self, requests: Sequence[DispatchRequest]) -> list[DispatchResult]:
-        """Each attempt's first try in one ExecuteBatch per worker (the calls in parallel). An
-        attempt refused or left unanswered goes the one-at-a-time way, past the worker tried;
-        a worker without ExecuteBatch (an older version) gets one Execute per attempt."""
+        """Each attempt's first try in one ExecuteBatch per worker (the calls in parallel, a
+        batch split under half the message limit). An attempt the worker refused goes the
+        one-at-a-time way, past that worker. One whose fate is unknown (the call failed after
+        its retries, or no reply came for it) may be running there: it comes back unassigned,
+        so the dispatch step queues it again under a new token, which fences that copy. A
+        worker without ExecuteBatch (an older version) gets one Execute per attempt."""
         results: dict[int, DispatchResult] = {}
-        batches: dict[str, _Batch] = {}
         later: dict[int, tuple[set[str], list[str]]] = {}
-        for i, req in enumerate(requests):
-            a = req.attempt
-            worker = self._pick(a.queue, (a.ti_id, a.token), set())
-            if worker is None:
-                later[i] = (set(), [])
-                continue
-            span = _tracer.start_span(
-                "task.dispatch",
-                context=context_from(a.trace_context),
-                kind=SpanKind.CLIENT,
-                attributes=_span_attributes(a),
-            )
-            message = build_execute_request(req, traceparent=traceparent(span))
-            batches.setdefault(worker.id, _Batch(worker)).items.append((i, req, span, message))
-        todo = list(batches.values())
-        for batch, sent in zip(todo, self._map(self._send_batch, todo), strict=True):
+        batches = self._batches(requests, results, later)
+        for batch, sent in zip(batches, self._map(self._send_batch, batches), strict=True):
             w = batch.worker
             for k, (i, req, span, _) in enumerate(batch.items):
                 a = req.attempt
                 reply = sent.replies[k] if k < len(sent.replies) else None
+                span.end()
                 if reply is not None and reply.accepted:
-                    span.set_attribute("tradewind.worker", w.id)
                     results[i] = DispatchResult(
                         ti_id=a.ti_id,
                         token=a.token,
                         worker_id=w.id,
                         trace_context=traceparent(span),
                     )
-                    span.end()
-                    continue
-                span.end()
-                if sent.unimplemented:  # still reserved there: _pick sends it to w again
+                elif sent.unimplemented:  # still reserved there: _pick sends it to w again
                     later[i] = (set(), [])
-                    continue
-                self._release((a.ti_id, a.token), w.id)
-                if reply is None:
-                    reason = sent.reason or "no reply for this attempt"
-                else:
-                    reason = f"refused: {reply.reason or 'no reason given'}"
+                elif reply is not None:
+                    self._release((a.ti_id, a.token), w.id)
                     self.metrics.incr(
                         "scheduler.dispatch.failures", queue=a.queue, reason="refused"
                     )
-                later[i] = ({w.id}, [f"worker {w.id}: {reason}"])
+                    why = f"worker {w.id}: refused: {reply.reason or 'no reason given'}"
+                    later[i] = ({w.id}, [why])
+                else:
+                    self._release((a.ti_id, a.token), w.id)
+                    why = sent.reason or "no reply for this attempt"
+                    results[i] = DispatchResult(
+                        ti_id=a.ti_id,
+                        token=a.token,
+                        worker_id=None,
+                        error=f"worker {w.id}: {why} (it may have started: queued again)",
+                    )
             if sent.broken:
                 self._suspect(w, sent.reason)
         for i, (tried, errors) in sorted(later.items()):
             results[i] = self._dispatch_safely(requests[i], tried, errors)
         return [results[i] for i in range(len(requests))]
+
+    def _batches(
+        self,
+        requests: Sequence[DispatchRequest],
+        results: dict[int, DispatchResult],
+        later: dict[int, tuple[set[str], list[str]]],
+    ) -> list[_Batch]:
+        """Pick a worker for each attempt and group the messages per worker, each batch under
+        half the message limit; what cannot be batched goes to `later` (or `results`)."""
+        limit = self.options.rpc.max_message_bytes // 2
+        batches: list[_Batch] = []
+        open_: dict[str, _Batch] = {}
+        for i, req in enumerate(requests):
+            a = req.attempt
+            ref = (a.ti_id, a.token)
+            worker = self._pick(a.queue, ref, set())
+            if worker is None or worker.id in self._no_batch:
+                later[i] = (set(), [])  # _dispatch_one picks again (the holder, if reserved)
+                continue
+            span = _tracer.start_span(
+                "task.dispatch",
+                context=context_from(a.trace_context),
+                kind=SpanKind.CLIENT,
+                attributes={**_span_attributes(a), "tradewind.worker": worker.id},
+            )
+            try:
+                message = build_execute_request(req, traceparent=traceparent(span))
+                size = message.ByteSize()
+            except Exception as exc:  # this attempt only: the pass goes on
+                span.end()
+                self._release(ref, worker.id)
+                log.exception("cannot build the request of attempt %s/%s", a.ti_id, a.token)
+                results[i] = DispatchResult(
+                    ti_id=a.ti_id,
+                    token=a.token,
+                    worker_id=None,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                continue
+            batch = open_.get(worker.id)
+            if batch is None or (batch.items and batch.size + size > limit):
+                batch = open_[worker.id] = _Batch(worker)
+                batches.append(batch)
+            batch.items.append((i, req, span, message))
+            batch.size += size
+        return batches
 
     def _map(self, fn: Callable[[_Batch], _BatchSent], batches: list[_Batch]) -> list[_BatchSent]:
         if len(batches) <= 1 or self.options.parallel_rpcs <= 1:
@@ -404,10 +443,16 @@ class GrpcDispatcher:
         except grpc.RpcError as exc:
             code = exc.code()
             if code is grpc.StatusCode.UNIMPLEMENTED:
+                with self._lock:
+                    self._no_batch.add(batch.worker.id)
                 return _BatchSent(unimplemented=True)
             self.metrics.incr("rpc.errors", method=_EXECUTE_BATCH, code=code.name)
             self.metrics.incr("scheduler.dispatch.failures", queue=queue, reason="rpc_error")
             return _BatchSent(reason=f"{code.name}: {exc.details()}", broken=True)
+        except Exception as exc:
+            log.exception("ExecuteBatch to worker %s failed", batch.worker.id)
+            self.metrics.incr("scheduler.dispatch.failures", queue=queue, reason="rpc_error")
+            return _BatchSent(reason=f"{type(exc).__name__}: {exc}", broken=True)
         return _BatchSent(replies=list(reply.replies))
 
     # -- one attempt ----------------------------------------------------------------------

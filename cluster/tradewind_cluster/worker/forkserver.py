@@ -178,10 +178,12 @@ class _Server:
         except Exception as exc:  # noqa: BLE001 - say why; the agent reports a failed attempt
             print(f"tradewind fork server: ending {key}: {exc}", file=sys.stderr, flush=True)
             result = None
-        if result is not None:
-            self.send({"ev": "child", "key": key, "event": result_event(result)})
-        self.send({"ev": "exited", "key": key, "pid": attempt.pid, "status": code})
-        attempt.cleanup()
+        try:
+            if result is not None:
+                self.send({"ev": "child", "key": key, "event": result_event(result)})
+            self.send({"ev": "exited", "key": key, "pid": attempt.pid, "status": code})
+        finally:
+            attempt.cleanup()
 
     def _signal(self, key: str, signum: int) -> None:
         pid = self.by_key.get(key)

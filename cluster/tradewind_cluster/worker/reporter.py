@@ -89,9 +89,10 @@ class Reporter:
                 if settled:
                     with contextlib.suppress(ValueError):
                         self._queue.remove(report)
-                self._work.notify(len(self._queue))  # e.g. a later report of this attempt
+                if settled:  # e.g. a later report of this attempt may go now
+                    self._work.notify(len(self._queue))
                 self._cond.notify_all()
-                if not settled:
+                if not settled:  # this sender sends it again after its backoff
                     self._work.wait(self._backoff())
 
     def _next_sendable(self) -> PendingReport | None:

@@ -5,7 +5,6 @@ out which branches it followed. The outcome goes back to the agent on the event 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -87,15 +86,9 @@ class EventPipe:
         self.send(ChildEvent.RESULT, **result.to_dict())
 
 
-@functools.lru_cache(maxsize=512)
 def decode_task(task_json: str, task_id: str) -> TaskSpec:
     """The TaskSpec in ExecuteRequest.task_json: one task entry as spec_to_dict writes it, or a
-    whole serialized DAG holding the task. BadInputError when it is neither.
-
-    Cached: the agent and the fork server decode every attempt's task, and the attempts of one
-    task in every run carry the same JSON. A TaskSpec is frozen, and what reads its fields
-    (rendering) copies them; a task process is a fork, so its user code cannot change the
-    fork server's copy."""
+    whole serialized DAG holding the task. BadInputError when it is neither."""
     try:
         data = json.loads(task_json)
     except ValueError as exc:

@@ -3,6 +3,7 @@ Cancel, Status and Tail. Bad requests get a clear refusal, never an exception.""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterator
@@ -29,6 +30,12 @@ _tracer = tracer(__name__)
 _FOLLOW_POLL_S = 0.1
 
 
+# The agent reads only a task's kind and queue: its decoded tasks are cached (the attempts of
+# one task in every run carry the same JSON). Not decode_task itself: the fork server renders
+# templates with the TaskSpec it decodes, in its own process, and must get a fresh one.
+_decode_task = functools.lru_cache(maxsize=512)(decode_task)
+
+
 def order_from_request(req: worker_pb2.ExecuteRequest) -> AttemptOrder:
     """An Execute request checked field by field; BadInputError says what is wrong."""
     ref = req.attempt
@@ -42,7 +49,7 @@ def order_from_request(req: worker_pb2.ExecuteRequest) -> AttemptOrder:
     timeout = req.execution_timeout_s
     if not math.isfinite(timeout) or timeout < 0:
         raise BadInputError(f"execution_timeout_s must be a finite number >= 0, got {timeout}")
-    spec = decode_task(req.task_json, req.task_id)
+    spec = _decode_task(req.task_json, req.task_id)
     if spec.kind is TaskKind.EMPTY:
         raise BadInputError(f"task {req.task_id!r} is an EmptyOperator: it needs no worker")
     if spec.kind is TaskKind.CALLABLE and not req.fileloc:
@@ -87,8 +94,21 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         """Each attempt as Execute would take it; the replies in the order of the requests."""
         carrier = dict(context.invocation_metadata() or ())
         return worker_pb2.ExecuteBatchReply(
-            replies=[self._execute(attempt, carrier) for attempt in request.attempts]
+            replies=[self._execute_safely(attempt, carrier) for attempt in request.attempts]
         )
+
+    def _execute_safely(
+        self, request: worker_pb2.ExecuteRequest, carrier: dict[str, Any]
+    ) -> worker_pb2.ExecuteReply:
+        """One attempt of a batch: an unexpected error refuses that attempt only. Failing the
+        whole call would leave the scheduler unsure which attempts had started here."""
+        try:
+            return self._execute(request, carrier)
+        except Exception as exc:
+            log.exception(
+                "could not take attempt %s/%s", request.attempt.ti_id, request.attempt.token
+            )
+            return worker_pb2.ExecuteReply(accepted=False, reason=f"worker error: {exc}")
 
     def _execute(
         self, request: worker_pb2.ExecuteRequest, carrier: dict[str, Any]
