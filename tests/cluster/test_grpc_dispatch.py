@@ -336,36 +336,47 @@ def test_a_failing_rpc_is_retried_on_the_same_worker(
     assert sink.total("rpc.errors") == 0
 
 
-def test_a_worker_that_keeps_failing_is_marked_suspect_and_another_is_tried(
+def test_a_worker_that_keeps_failing_is_marked_suspect_and_the_attempt_queued_again(
     fleet: Fleet, dispatcher: GrpcDispatcher, sink: RecordingSink
 ) -> None:
+    """The failed call may have reached the worker (here it did: the fake answered
+    UNAVAILABLE after receiving it), so the attempt is not sent to another worker under the
+    same token: it comes back unassigned, to be queued again under a new one."""
     broken = fleet.add("a-broken", slots=8, fake=FakeWorker(failures=-1))
-    fleet.add("b-fine", slots=1)
+    fine = fleet.add("b-fine", slots=1)
     [result] = dispatcher.dispatch(queue_tasks(fleet.db, 1))
-    assert result.worker_id == "b-fine"
+    assert result.worker_id is None
+    assert result.error is not None
+    assert "worker a-broken: UNAVAILABLE" in result.error
+    assert "queued again" in result.error
     assert len(broken.calls) == 3
+    assert fine.calls == []
     with fleet.db.engine.connect() as conn:
         states = dict(conn.execute(sa.text("SELECT id, state FROM worker")).all())
     assert states == {"a-broken": "suspect", "b-fine": "alive"}
     assert sink.total("rpc.errors", method="/tradewind.v1.Worker/Execute", code="UNAVAILABLE") == 1
     assert sink.total("scheduler.dispatch.failures", reason="rpc_error") == 1
-    # The suspect worker is no longer offered work or counted as open.
+    # The suspect worker is no longer offered work or counted as open (the other's slot is
+    # counted for the attempt still queued until the dispatch step requeues it); the next
+    # attempt goes to the other.
     assert dispatcher.queue_open() == {"default": 0}
+    [again] = queue_tasks(fleet.db, 1, first=1)
+    assert dispatcher.dispatch([again])[0].worker_id == "b-fine"
 
 
-def test_when_every_worker_fails_the_attempt_comes_back_unassigned(
+def test_refusals_move_on_to_other_workers_until_one_fails_or_none_is_left(
     fleet: Fleet, dispatcher: GrpcDispatcher
 ) -> None:
-    fleet.add("a", fake=FakeWorker(failures=-1))
-    fleet.add("b", fake=FakeWorker(refuse="file hash differs"))
+    fleet.add("a", fake=FakeWorker(refuse="file hash differs"))
+    fleet.add("b", fake=FakeWorker(failures=-1))
     [result] = dispatcher.dispatch(queue_tasks(fleet.db, 1))
     assert result.worker_id is None
     assert result.error is not None
-    assert "worker a: UNAVAILABLE: worker restarting" in result.error
-    assert "worker b: refused: file hash differs" in result.error
+    assert "worker a: refused: file hash differs" in result.error
+    assert "worker b: UNAVAILABLE: worker restarting" in result.error
     with fleet.db.engine.connect() as conn:
         states = dict(conn.execute(sa.text("SELECT id, state FROM worker")).all())
-    assert states == {"a": "suspect", "b": "alive"}  # a refusal is an answer, not a fault
+    assert states == {"a": "alive", "b": "suspect"}  # a refusal is an answer, not a fault
 
 
 def test_resending_the_same_token_goes_to_the_same_worker_and_takes_no_new_slot(

@@ -1,7 +1,9 @@
 """The gRPC Dispatcher: hands queued attempts to live workers serving their queue, least loaded
-first, never past a worker's free slots. A failed RPC is retried with jittered, capped backoff,
-then another worker is tried; an attempt nobody accepts comes back with worker_id=None and the
-reason, and the dispatch step requeues it. Execute is idempotent per token on the worker."""
+first, never past a worker's free slots, a pass's attempts for one worker in one ExecuteBatch.
+A failed RPC is retried with jittered, capped backoff; a refused attempt is offered to another
+worker; one whose call kept failing (it may have started there) or that nobody accepts comes
+back with worker_id=None and the reason, and the dispatch step requeues it under a new token.
+Execute is idempotent per token on the worker."""
 
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ class GrpcDispatchOptions:
     retry_attempts: int = 3  # RPC attempts per worker before trying another
     retry_multiplier_s: float = 0.05
     retry_max_wait_s: float = 1.0
-    workers_per_attempt: int = 3  # distinct workers tried before giving up
+    workers_per_attempt: int = 3  # distinct workers tried while they refuse (not on RPC failure)
     worker_max_age_s: float = 4.0  # a worker silent for its lease cannot run anything
     queue_open_ttl_s: float = 0.5
     # A board read this recently (by the same pass's queue step) serves a dispatch as it is:
@@ -503,7 +505,12 @@ class GrpcDispatcher:
                 self._release(ref, worker.id)
                 errors.append(f"worker {worker.id}: {sent.reason}")
                 if sent.broken:
+                    # The call failed after its retries, but the worker may have started the
+                    # attempt: another worker under the same token could run it twice. It goes
+                    # back unassigned; the dispatch step queues it again under a new token.
                     self._suspect(worker, sent.reason)
+                    errors[-1] += " (it may have started: queued again)"
+                    break
         if not errors:
             self.metrics.incr("scheduler.dispatch.failures", queue=a.queue, reason="no_worker")
             errors.append(f"no live worker serves queue {a.queue!r} with a free slot")
