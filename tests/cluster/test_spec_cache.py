@@ -43,13 +43,14 @@ def test_task_json_from_the_stored_spec_is_the_encoded_task(
     for dag in dags:
         register(database, dag, now=now)
         dag_id = dag.dag_id
-        spec = database.read(functools.partial(cache.get_many, dag_ids=[dag_id]))[dag_id]
+        cached = database.read(functools.partial(cache.entries, dag_ids=[dag_id]))[dag_id]
+        spec = cached.spec
         assert spec.tasks
         for task_id, task in spec.tasks.items():
-            stored = cache.task_json(dag.dag_id, task_id)
+            stored = cached.task_json(task_id)
             assert stored == task_to_json(task)
             assert task_from_json(stored) == task
-        assert cache.task_json(dag.dag_id, "no-such-task") is None
+        assert cached.task_json("no-such-task") is None
 
 
 def test_task_json_is_dropped_with_a_new_version_of_the_dag(database: Database) -> None:
@@ -60,14 +61,14 @@ def test_task_json_is_dropped_with_a_new_version_of_the_dag(database: Database) 
     with DAG("versions", schedule=None, start_date=datetime(2026, 1, 1)) as first:
         BashOperator(task_id="t", bash_command="echo one")
     register(database, first, now=now)
-    database.read(lambda c: cache.get_many(c, ["versions"]))
-    assert "echo one" in (cache.task_json("versions", "t") or "")
+    current = lambda: database.read(lambda c: cache.entries(c, ["versions", "elsewhere"]))  # noqa: E731
+    assert "echo one" in (current()["versions"].task_json("t") or "")
     with DAG("versions", schedule=None, start_date=datetime(2026, 1, 1)) as second:
         BashOperator(task_id="t", bash_command="echo two")
     register(database, second, now=now)
-    database.read(lambda c: cache.get_many(c, ["versions"]))
-    assert "echo two" in (cache.task_json("versions", "t") or "")
-    assert cache.task_json("elsewhere", "t") is None
+    found = current()
+    assert "echo two" in (found["versions"].task_json("t") or "")
+    assert "elsewhere" not in found
 
 
 def test_an_entry_keeps_one_version_while_the_cache_moves_on(database: Database) -> None:
@@ -91,4 +92,4 @@ def test_an_entry_keeps_one_version_while_the_cache_moves_on(database: Database)
     assert task_from_json(old.task_json("t") or "") == old.spec.tasks["t"]
     assert "echo two" in (new.task_json("t") or "")
     assert task_from_json(new.task_json("t") or "") == new.spec.tasks["t"]
-    assert cache.task_json("pinned", "t") == new.task_json("t")
+    assert database.read(lambda c: cache.entries(c, ["pinned"]))["pinned"] is new

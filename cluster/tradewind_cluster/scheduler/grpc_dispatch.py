@@ -34,6 +34,7 @@ from tradewind_cluster.scheduler.dispatching import DispatchRequest, DispatchRes
 from tradewind_cluster.scheduler.execute_requests import build_execute_request
 from tradewind_cluster.store import workers as store_workers
 from tradewind_cluster.store.database import Connection, Database
+from tradewind_cluster.store.queueing import QueuedAttempt
 from tradewind_cluster.store.workers import WorkerRow
 from tradewind_proto.v1 import worker_pb2, worker_pb2_grpc
 
@@ -113,7 +114,7 @@ class _BatchSent:
     unimplemented: bool = False  # a worker without ExecuteBatch: one Execute per attempt
 
 
-def _span_attributes(a: Any) -> dict[str, Any]:
+def _span_attributes(a: QueuedAttempt) -> dict[str, Any]:
     return {
         "tradewind.dag_id": a.dag_id,
         "tradewind.task_id": a.task_id,
@@ -337,7 +338,7 @@ class GrpcDispatcher:
         results: dict[int, DispatchResult] = {}
         later: dict[int, tuple[set[str], list[str]]] = {}
         batches = self._batches(requests, results, later)
-        for batch, sent in zip(batches, self._map(self._send_batch, batches), strict=True):
+        for batch, sent in zip(batches, self._send_all(batches), strict=True):
             w = batch.worker
             for k, (i, req, span, _) in enumerate(batch.items):
                 a = req.attempt
@@ -420,14 +421,15 @@ class GrpcDispatcher:
             batch.size += size
         return batches
 
-    def _map(self, fn: Callable[[_Batch], _BatchSent], batches: list[_Batch]) -> list[_BatchSent]:
+    def _send_all(self, batches: list[_Batch]) -> list[_BatchSent]:
+        """Each batch's call; calls to different workers in parallel."""
         if len(batches) <= 1 or self.options.parallel_rpcs <= 1:
-            return [fn(b) for b in batches]
+            return [self._send_batch(b) for b in batches]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(
                 max_workers=self.options.parallel_rpcs, thread_name_prefix="dispatch"
             )
-        return list(self._pool.map(fn, batches))
+        return list(self._pool.map(self._send_batch, batches))
 
     def _send_batch(self, batch: _Batch) -> _BatchSent:
         stub = self._stub(batch.worker.grpc_address)

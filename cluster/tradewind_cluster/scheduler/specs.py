@@ -80,19 +80,6 @@ class SpecCache:
         """The current spec of each DAG that has one (DAGs never parsed are left out)."""
         return {d: e.spec for d, e in self.entries(conn, dag_ids).items()}
 
-    def file_hash(self, dag_id: str) -> str | None:
-        """The hash of the DAG file the cached spec came from."""
-        with self._lock:
-            entry = self._entries.get(dag_id)
-        return None if entry is None else entry.file_hash
-
-    def task_json(self, dag_id: str, task_id: str) -> str | None:
-        """The task's canonical JSON from the cached version of its DAG (CachedDag.task_json);
-        None when the cache does not hold it."""
-        with self._lock:
-            entry = self._entries.get(dag_id)
-        return None if entry is None else entry.task_json(task_id)
-
 
 def canonical_task_json(data: Mapping[str, Any]) -> str:
     """A task as the DagSpec codec encodes it, in canonical JSON text (sorted keys, no spaces):
