@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.support.factories import T0, insert_dag, insert_run, insert_ti
-from tradewind_cluster.store.dags import claim_due_dags
+from tradewind_cluster.store.dags import any_due_dags, claim_due_dags
 from tradewind_cluster.store.database import Database
 from tradewind_cluster.store.examine import claim_runs_with_tis
 
@@ -46,6 +46,32 @@ def test_two_sessions_claim_disjoint_sets_covering_all_due_dags(database: Databa
     assert len(claimed["a"]) == 8
     assert set(claimed["a"]).isdisjoint(claimed["b"])
     assert set(claimed["a"]) | set(claimed["b"]) == {f"due_{i:02d}" for i in range(20)}
+
+
+def test_the_probe_finds_due_work_exactly_where_the_claim_would(database: Database) -> None:
+    """The loop skips the claim's transaction when the probe finds nothing: the probe must
+    never miss a DAG the claim would take (a run due, or queued runs waiting to start)."""
+    now = T0 + timedelta(hours=1)
+
+    def probe_and_claim() -> tuple[bool, list[str]]:
+        due = database.read(lambda c: any_due_dags(c, now=now))
+        got = database.transaction(lambda c: claim_due_dags(c, now=now, limit=100))
+        return due, [d.dag_id for d in got]
+
+    database.transaction(lambda c: insert_dag(c, "later", due=T0 + timedelta(days=9)))
+    database.transaction(lambda c: insert_dag(c, "paused", due=T0, is_paused=True))
+    database.transaction(lambda c: insert_dag(c, "inactive", due=T0, is_active=False))
+    database.transaction(lambda c: insert_dag(c, "unscheduled", due=None))
+    assert probe_and_claim() == (False, [])
+    database.transaction(
+        lambda c: c.execute(
+            sa.text("UPDATE dag SET check_runs = true WHERE dag_id = 'unscheduled'")
+        )
+    )
+    assert probe_and_claim() == (True, ["unscheduled"])
+    database.transaction(lambda c: c.execute(sa.text("UPDATE dag SET check_runs = false")))
+    database.transaction(lambda c: insert_dag(c, "due", due=now))
+    assert probe_and_claim() == (True, ["due"])
 
 
 def test_one_run_per_logical_date_and_per_run_id(database: Database) -> None:

@@ -3,6 +3,7 @@ from assigned attempts, suspect and lost marking, and the scope of a reported at
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -176,6 +177,33 @@ def test_undispatched_attempts_are_queued_ones_no_worker_took(database: Database
     refs = [(q.ti_id, q.token) for q in (a, b, c)] + [(b.ti_id, b.token + 1)]
     assert database.read(lambda conn: workers.undispatched(conn, refs)) == {(b.ti_id, b.token)}
     assert database.read(lambda conn: workers.undispatched_by_queue(conn)) == {"spark": 1}
+
+
+def test_the_board_is_the_three_reads_in_one_statement(database: Database) -> None:
+    def board(refs: list[tuple[int, int]], with_pending: bool = True) -> workers.Board:
+        return database.read(
+            lambda c: workers.read_board(c, refs, max_age_s=5, with_pending=with_pending)
+        )
+
+    empty = board([])  # no worker, nothing queued: still one answer
+    assert (empty.workers, empty.undispatched, empty.pending) == ([], set(), {})
+    register(database, "w1", slots=3)
+    register(database, "w2", slots=3)
+    a, b, c = queue_tasks(database, "a", "b", "c", queue="spark")
+    assign(database, a, "w1")
+    refs = [(q.ti_id, q.token) for q in (a, b, c)] + [(b.ti_id, b.token + 1)]
+    got = board(refs)
+
+    def ages(rows: list[workers.WorkerRow]) -> list[workers.WorkerRow]:
+        return [replace(r, heartbeat_age_s=0.0) for r in rows]  # the clock moves between reads
+
+    assert ages(got.workers) == ages(database.read(lambda c: workers.live_workers(c, max_age_s=5)))
+    assert [w.id for w in got.workers] == ["w1", "w2"]
+    assert got.workers[0].assigned == {(a.ti_id, a.token)}
+    assert got.undispatched == database.read(lambda c: workers.undispatched(c, refs))
+    assert got.undispatched == {(b.ti_id, b.token), (c.ti_id, c.token)}
+    assert got.pending == {"spark": 2}
+    assert board(refs, with_pending=False).pending == {}
 
 
 def test_attempts_sent_to_a_lost_worker_go_back_to_scheduled(database: Database) -> None:

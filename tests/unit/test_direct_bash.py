@@ -60,8 +60,9 @@ def test_a_slow_template_is_abandoned_here_within_the_budget() -> None:
 def test_a_direct_attempt_runs_in_a_fresh_temporary_directory_removed_after(tmp_path) -> None:
     log_path = tmp_path / "attempt.log"
     dirs = []
-    for _ in range(2):
-        launch = replace(_launch("pwd; touch left_behind"), log_path=str(log_path))
+    # one command leaves a file behind (the tree is removed), one leaves the directory empty
+    for command in ("pwd; touch left_behind", "pwd"):
+        launch = replace(_launch(command), log_path=str(log_path))
         plan = plan_direct(launch)
         assert plan is not None
         assert plan.cwd is None
@@ -73,7 +74,8 @@ def test_a_direct_attempt_runs_in_a_fresh_temporary_directory_removed_after(tmp_
         cwd = attempt.tmpdir
         assert cwd is not None
         assert os.path.basename(cwd).startswith("tradewindtmp")
-        assert os.path.exists(os.path.join(cwd, "left_behind"))  # until the outcome went out
+        left = os.path.join(cwd, "left_behind")
+        assert os.path.exists(left) == ("touch" in command)  # kept until the outcome went out
         attempt.cleanup()
         assert not os.path.exists(cwd)
         assert cwd in log_path.read_text()  # the command ran there

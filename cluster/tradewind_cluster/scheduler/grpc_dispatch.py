@@ -33,7 +33,7 @@ from tradewind_cluster.scheduler.context import SchedulerContext
 from tradewind_cluster.scheduler.dispatching import DispatchRequest, DispatchResult
 from tradewind_cluster.scheduler.execute_requests import build_execute_request
 from tradewind_cluster.store import workers as store_workers
-from tradewind_cluster.store.database import Connection, Database
+from tradewind_cluster.store.database import Database
 from tradewind_cluster.store.queueing import QueuedAttempt
 from tradewind_cluster.store.workers import WorkerRow
 from tradewind_proto.v1 import worker_pb2, worker_pb2_grpc
@@ -245,15 +245,16 @@ class GrpcDispatcher:
             refs = list(self._inflight)
         started = self._now()
 
-        def read(conn: Connection) -> tuple[list[WorkerRow], set[Ref], dict[str, int]]:
-            rows = store_workers.live_workers(
-                conn, max_age_s=self.options.worker_max_age_s, limit=self.options.max_workers
+        board = self.db.read(
+            lambda conn: store_workers.read_board(
+                conn,
+                refs,
+                max_age_s=self.options.worker_max_age_s,
+                limit=self.options.max_workers,
+                with_pending=with_pending,
             )
-            still = store_workers.undispatched(conn, refs)
-            pending = store_workers.undispatched_by_queue(conn) if with_pending else {}
-            return rows, still, pending
-
-        rows, still, pending = self.db.read(read)
+        )
+        rows, still, pending = board.workers, board.undispatched, board.pending
         now = self._now()
         with self._lock:
             self._board_at = started

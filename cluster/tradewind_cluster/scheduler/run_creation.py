@@ -59,6 +59,8 @@ class RunCreator:
     def run_once(self, now: datetime | None = None) -> RunCreationReport:
         """One pass over the DAGs due now (bounded by max_runs_per_loop)."""
         now = now or self.ctx.clock()
+        if not self.ctx.db.read(lambda c: dags.any_due_dags(c, now=now)):
+            return RunCreationReport()
         report = self.ctx.db.transaction(lambda c: self._create(c, now))
         # Ended only now: a run whose transaction rolled back never shows up as a trace.
         for span in report.spans:

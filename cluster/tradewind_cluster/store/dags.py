@@ -11,7 +11,33 @@ from tradewind_cluster.store.rows import to_dag_row
 from tradewind_cluster.store.schema import dag, dag_run
 from tradewind_cluster.store.snapshots import DagRow
 
-__all__ = ["claim_due_dags", "clear_check_runs", "next_due_at", "set_paused"]
+__all__ = ["any_due_dags", "claim_due_dags", "clear_check_runs", "next_due_at", "set_paused"]
+
+
+# A DAG with a run due at :now, or with queued runs waiting to start.
+_DUE = (
+    (
+        dag.c.next_dagrun_create_after
+        <= sa.bindparam("now", type_=dag.c.next_dagrun_create_after.type)
+    )
+    & dag.c.is_active
+    & ~dag.c.is_paused
+) | (dag.c.check_runs & dag.c.is_active)
+_ANY_DUE = sa.select(sa.exists().where(_DUE))
+_CLAIM = (
+    sa.select(dag)
+    .where(_DUE)
+    .order_by(dag.c.next_dagrun_create_after.asc().nulls_last())
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+    .with_for_update(of=dag, skip_locked=True)
+)
+
+
+def any_due_dags(conn: Connection, *, now: datetime) -> bool:
+    """Whether claim_due_dags could find anything, without a transaction or a lock: most loop
+    passes have no run to create or start, and this is one statement where the claim's
+    transaction is three round trips. A DAG another replica holds counts as due."""
+    return bool(conn.execute(_ANY_DUE, {"now": now}).scalar())
 
 
 def claim_due_dags(conn: Connection, *, now: datetime, limit: int) -> list[DagRow]:
@@ -19,15 +45,7 @@ def claim_due_dags(conn: Connection, *, now: datetime, limit: int) -> list[DagRo
 
     Lock: `FOR UPDATE OF dag SKIP LOCKED` — each due DAG is handled by one replica per loop;
     the others skip it rather than wait. First in the lock order (dag → dag_run → ti → pool)."""
-    due = (dag.c.next_dagrun_create_after <= now) & dag.c.is_active & ~dag.c.is_paused
-    queued = dag.c.check_runs & dag.c.is_active
-    rows = conn.execute(
-        sa.select(dag)
-        .where(due | queued)
-        .order_by(dag.c.next_dagrun_create_after.asc().nulls_last())
-        .limit(limit)
-        .with_for_update(of=dag, skip_locked=True)
-    ).mappings()
+    rows = conn.execute(_CLAIM, {"now": now, "limit": limit}).mappings()
     return [to_dag_row(r) for r in rows]
 
 

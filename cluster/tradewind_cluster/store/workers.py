@@ -4,10 +4,12 @@ scope an attempt reported by a worker may act in (its task instance, under which
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -19,6 +21,7 @@ from tradewind_cluster.store.schema import task_attempt, task_instance, worker
 
 __all__ = [
     "AttemptScope",
+    "Board",
     "WorkerRow",
     "WorkerState",
     "attempt_scope",
@@ -27,6 +30,7 @@ __all__ = [
     "live_workers",
     "mark_lost_workers",
     "mark_suspect",
+    "read_board",
     "register_worker",
     "requeue_lost_dispatches",
     "undispatched",
@@ -226,23 +230,52 @@ def list_workers(
     return [_row(r) for r in conn.execute(q).mappings()]
 
 
-def live_workers(conn: Connection, *, max_age_s: float, limit: int = 1000) -> list[WorkerRow]:
-    """Alive workers that heartbeated within max_age_s, each with the active attempts
-    assigned to it (queued after dispatch, or running); one statement (the dispatcher reads
-    this after every dispatch pass and finished report)."""
+# The dispatcher's reads run on nearly every loop pass: their statements are built once, with
+# bound parameters, so a pass neither rebuilds them nor works out their cache keys again.
+_MAX_AGE = sa.bindparam("max_age_s", type_=sa.Float)
+_LIMIT = sa.bindparam("limit", type_=sa.Integer)
+_REFS: sa.BindParameter[Any] = sa.bindparam("refs", expanding=True)
+
+
+@functools.cache
+def _live_select() -> sa.Select[Any]:
     ids = sa.func.array_remove(sa.func.array_agg(ti.c.id), None).label("assigned_ids")
     tokens = sa.func.array_remove(sa.func.array_agg(ti.c.token), None).label("assigned_tokens")
-    rows = conn.execute(
+    fresh = w.c.heartbeat_at > sa.func.clock_timestamp() - sa.func.make_interval(
+        0, 0, 0, 0, 0, 0, _MAX_AGE
+    )
+    return (
         sa.select(w, _AGE, ids, tokens)
         .select_from(w.outerjoin(ti, sa.and_(ti.c.worker == w.c.id, ti.c.state.in_(_ACTIVE))))
-        .where(w.c.state == WorkerState.ALIVE.value, _fresh(max_age_s))
+        .where(w.c.state == WorkerState.ALIVE.value, fresh)
         .group_by(w.c.id)
         .order_by(w.c.id)
-        .limit(limit)
-    ).mappings()
-    return [
-        _row(r, frozenset(zip(r["assigned_ids"], r["assigned_tokens"], strict=True))) for r in rows
-    ]
+        .limit(_LIMIT)
+    )
+
+
+def _live_row(r: sa.RowMapping) -> WorkerRow:
+    return _row(r, frozenset(zip(r["assigned_ids"], r["assigned_tokens"], strict=True)))
+
+
+def live_workers(conn: Connection, *, max_age_s: float, limit: int = 1000) -> list[WorkerRow]:
+    """Alive workers that heartbeated within max_age_s, each with the active attempts
+    assigned to it (queued after dispatch, or running); one statement."""
+    rows = conn.execute(_live_select(), {"max_age_s": max_age_s, "limit": limit}).mappings()
+    return [_live_row(r) for r in rows]
+
+
+_UNDISPATCHED = sa.and_(
+    sa.tuple_(ti.c.id, ti.c.token).in_(_REFS),
+    ti.c.state == "queued",
+    ti.c.worker.is_(None),
+)
+_BY_QUEUE = (
+    sa.select(ti.c.queue, sa.func.count().label("n"))
+    .where(ti.c.state == "queued", ti.c.worker.is_(None))
+    .group_by(ti.c.queue)
+    .limit(_LIMIT)
+)
 
 
 def undispatched(conn: Connection, refs: Sequence[tuple[int, int]]) -> set[tuple[int, int]]:
@@ -250,24 +283,70 @@ def undispatched(conn: Connection, refs: Sequence[tuple[int, int]]) -> set[tuple
     if not refs:
         return set()
     rows = conn.execute(
-        sa.select(ti.c.id, ti.c.token).where(
-            sa.tuple_(ti.c.id, ti.c.token).in_(list(refs)),
-            ti.c.state == "queued",
-            ti.c.worker.is_(None),
-        )
+        sa.select(ti.c.id, ti.c.token).where(_UNDISPATCHED), {"refs": list(refs)}
     ).all()
     return {(r[0], r[1]) for r in rows}
 
 
 def undispatched_by_queue(conn: Connection, *, limit: int = 1000) -> dict[str, int]:
     """Queued attempts not yet accepted by a worker, per queue (any replica's)."""
-    rows = conn.execute(
-        sa.select(ti.c.queue, sa.func.count())
-        .where(ti.c.state == "queued", ti.c.worker.is_(None))
-        .group_by(ti.c.queue)
-        .limit(limit)
-    ).all()
-    return {q: int(n) for q, n in rows}
+    return {q: int(n) for q, n in conn.execute(_BY_QUEUE, {"limit": limit}).all()}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Board:
+    """What a dispatcher reads of the store, from one snapshot: live workers with their
+    assigned attempts, which of the attempts it asked about are still undispatched, and (when
+    asked) how many attempts wait for a worker per queue."""
+
+    workers: list[WorkerRow]
+    undispatched: set[tuple[int, int]]
+    pending: dict[str, int]
+
+
+@functools.cache
+def _board_select(refs: bool, pending: bool) -> sa.Select[Any]:
+    still = (
+        sa.select(sa.func.json_agg(sa.func.json_build_array(ti.c.id, ti.c.token)))
+        .where(_UNDISPATCHED)
+        .scalar_subquery()
+        if refs
+        else sa.null()
+    )
+    by_queue = _BY_QUEUE.subquery("by_queue")
+    waiting = (
+        sa.select(sa.func.json_object_agg(by_queue.c.queue, by_queue.c.n)).scalar_subquery()
+        if pending
+        else sa.null()
+    )
+    extras = sa.select(still.label("undispatched"), waiting.label("pending")).subquery("extras")
+    live = _live_select().subquery("live")
+    return (
+        sa.select(extras, live).select_from(extras.outerjoin(live, sa.true())).order_by(live.c.id)
+    )
+
+
+def read_board(
+    conn: Connection,
+    refs: Sequence[tuple[int, int]],
+    *,
+    max_age_s: float,
+    limit: int = 1000,
+    with_pending: bool = False,
+) -> Board:
+    """live_workers, undispatched(refs) and undispatched_by_queue in one statement: the
+    dispatcher reads them after nearly every finished report, and each round trip of a loop
+    pass waits for a CPU on a busy host. One row comes back even with no live worker."""
+    params: dict[str, Any] = {"max_age_s": max_age_s, "limit": limit}
+    if refs:
+        params["refs"] = list(refs)
+    rows = conn.execute(_board_select(bool(refs), with_pending), params).mappings().all()
+    first = rows[0]
+    return Board(
+        workers=[_live_row(r) for r in rows if r["id"] is not None],
+        undispatched={(int(i), int(t)) for i, t in first["undispatched"] or ()},
+        pending={str(q): int(n) for q, n in (first["pending"] or {}).items()},
+    )
 
 
 def requeue_lost_dispatches(

@@ -117,7 +117,7 @@ class DirectBash:
         """Remove the attempt's temporary directory: after its outcome went out, so a report
         never waits for the file system."""
         if self.tmpdir is not None:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            _remove_tmpdir(self.tmpdir)
             self.tmpdir = None
 
     def _last_line(self) -> str:
@@ -153,6 +153,16 @@ def _write(fd: int, text: str) -> None:
 
 def _log(fd: int, level: int, message: str) -> None:
     _write(fd, _line(level, message))
+
+
+def _remove_tmpdir(path: str) -> None:
+    """Remove an attempt's temporary directory. Most commands leave it empty, and one rmdir
+    is a single system call where rmtree walks the tree with a dozen (a fifth of the fork
+    server's time per attempt, measured); anything left inside goes the long way."""
+    try:
+        os.rmdir(path)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @functools.lru_cache(maxsize=64)
@@ -250,7 +260,7 @@ def start_direct(launch: Launch, plan: BashPlan) -> DirectBash:
     except BaseException as exc:
         os.close(fd)
         if tmpdir is not None:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            _remove_tmpdir(tmpdir)
         if isinstance(exc, FileNotFoundError):
             _bash_for.cache_clear()  # bash moved since it was looked up: look again next time
         raise
