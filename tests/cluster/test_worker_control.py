@@ -237,6 +237,26 @@ def test_status_reports_identity_and_slots(cluster: Cluster) -> None:
     assert not status.draining
 
 
+def test_a_task_whose_spec_does_not_decode_fails_with_the_decoders_error(
+    cluster: Cluster,
+) -> None:
+    """The agent takes an attempt on the task's kind and queue alone; a spec that does not
+    decode is refused nowhere earlier than the task process, which says why it failed."""
+    for extra, error in (
+        ({"trigger_rule": "sometimes"}, "task_json is not a serialized task"),
+        ({}, "bash_command must be a string, got NoneType"),
+    ):
+        ti = cluster.ti()
+        broken = {"task_id": f"t{ti}", "operator": "BashOperator", "kind": "bash", **extra}
+        request = execute_request(
+            ti_id=ti, dag_id="ctl", task_id=f"t{ti}", task_json=json.dumps(broken)
+        )
+        assert cluster.client.execute(request).accepted
+        report = cluster.fake.final_report(ti)
+        assert report.event == FAILED
+        assert error in report.error
+
+
 def test_unauthenticated_calls_are_refused(cluster: Cluster) -> None:
     for token in (None, "wrong-token"):
         anonymous = WorkerClient(cluster.worker.ports["grpc"], token=token)

@@ -85,7 +85,7 @@ def test_a_direct_attempt_runs_in_a_fresh_temporary_directory_removed_after(tmp_
 
 def test_the_fork_server_decodes_a_fresh_spec_for_every_attempt() -> None:
     """It renders templates with the spec in its own process: nothing a template does to one
-    attempt's values may reach the next attempt's (the agent caches; see service.py)."""
+    attempt's values may reach the next attempt's."""
     launch = _launch("echo {{ ds }}")
     first = decode_task(launch.task_json, "t")
     first.fields["skip_on_exit_code"].append(7)

@@ -31,7 +31,12 @@ from tradewind_cluster.worker.launch import (
 from tradewind_cluster.worker.logs import attempt_log_path, split_utf8, utf8_complete
 from tradewind_cluster.worker.options import parse_addresses
 from tradewind_cluster.worker.outcomes import describe_status, final_report
-from tradewind_cluster.worker.runtime import branch_followed, decode_task, describe_error
+from tradewind_cluster.worker.runtime import (
+    branch_followed,
+    decode_task,
+    describe_error,
+    task_header,
+)
 from tradewind_cluster.worker.task_api import (
     RuntimeTaskInstance,
     XComError,
@@ -66,6 +71,38 @@ def test_decode_task_reads_a_task_entry_or_a_whole_dag() -> None:
         decode_task("{", "b")
     with pytest.raises(BadInputError, match="not a serialized task"):
         decode_task('{"task_id": "b"}', "b")
+
+
+def test_task_header_reads_kind_and_queue_as_the_full_decode_does() -> None:
+    """The agent admits an attempt on the kind and queue alone, read without decoding the
+    spec; they must be what decode_task would give, for every kind and in both forms."""
+    from tradewind.operators.empty import EmptyOperator
+    from tradewind.operators.python import PythonOperator
+
+    with DAG("h", schedule=None) as dag:
+        BashOperator(task_id="b", bash_command="true", queue="spark")
+        EmptyOperator(task_id="e")
+        PythonOperator(task_id="p", python_callable=print)
+    spec = spec_to_dict(dag_to_spec(dag))
+    whole = json.dumps(spec)
+    for entry in spec["dag"]["tasks"]:
+        task_id, text = entry["task_id"], json.dumps(entry)
+        full = decode_task(text, task_id)
+        assert task_header(text, task_id) == (full.kind, full.queue)
+        assert task_header(whole, task_id) == (full.kind, full.queue)
+    assert task_header(json.dumps(spec["dag"]["tasks"][0]), "b") == (TaskKind.BASH, "spark")
+    with pytest.raises(BadInputError, match="not valid JSON"):
+        task_header("{", "b")
+    with pytest.raises(BadInputError, match="must be a JSON object"):
+        task_header("[]", "b")
+    with pytest.raises(BadInputError, match="describes task 'b', not 'x'"):
+        task_header(json.dumps(spec["dag"]["tasks"][0]), "x")
+    with pytest.raises(BadInputError, match="holds no task 'x'"):
+        task_header(whole, "x")
+    with pytest.raises(BadInputError, match="unknown task kind 'rocket'"):
+        task_header('{"task_id": "b", "kind": "rocket"}', "b")
+    with pytest.raises(BadInputError, match="queue must be a non-empty string"):
+        task_header('{"task_id": "b", "kind": "bash", "queue": ""}', "b")
 
 
 def test_run_info_defaults_and_errors() -> None:

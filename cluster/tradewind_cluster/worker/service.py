@@ -3,7 +3,6 @@ Cancel, Status and Tail. Bad requests get a clear refusal, never an exception.""
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from tradewind.spec import TaskKind
 from tradewind_cluster.observability.tracing import extract_context, inject_env, tracer
 from tradewind_cluster.worker.executor import Attempt, AttemptOrder, KillKind
 from tradewind_cluster.worker.logs import CHUNK_BYTES, read_chunks, utf8_complete
-from tradewind_cluster.worker.runtime import decode_task
+from tradewind_cluster.worker.runtime import task_header
 from tradewind_proto.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 if TYPE_CHECKING:
@@ -28,12 +27,6 @@ __all__ = ["WorkerService", "order_from_request"]
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
 _FOLLOW_POLL_S = 0.1
-
-
-# The agent reads only a task's kind and queue: its decoded tasks are cached (the attempts of
-# one task in every run carry the same JSON). Not decode_task itself: the fork server renders
-# templates with the TaskSpec it decodes, in its own process, and must get a fresh one.
-_decode_task = functools.lru_cache(maxsize=512)(decode_task)
 
 
 def order_from_request(req: worker_pb2.ExecuteRequest) -> AttemptOrder:
@@ -49,10 +42,10 @@ def order_from_request(req: worker_pb2.ExecuteRequest) -> AttemptOrder:
     timeout = req.execution_timeout_s
     if not math.isfinite(timeout) or timeout < 0:
         raise BadInputError(f"execution_timeout_s must be a finite number >= 0, got {timeout}")
-    spec = _decode_task(req.task_json, req.task_id)
-    if spec.kind is TaskKind.EMPTY:
+    kind, queue = task_header(req.task_json, req.task_id)
+    if kind is TaskKind.EMPTY:
         raise BadInputError(f"task {req.task_id!r} is an EmptyOperator: it needs no worker")
-    if spec.kind is TaskKind.CALLABLE and not req.fileloc:
+    if kind is TaskKind.CALLABLE and not req.fileloc:
         raise BadInputError(f"task {req.task_id!r} runs Python code but fileloc is empty")
     return AttemptOrder(
         ti_id=ref.ti_id,
@@ -66,8 +59,8 @@ def order_from_request(req: worker_pb2.ExecuteRequest) -> AttemptOrder:
         file_hash=req.file_hash,
         task_json=req.task_json,
         context_json=req.context_json,
-        queue=req.queue or spec.queue,
-        kind=spec.kind,
+        queue=req.queue or queue,
+        kind=kind,
         execution_timeout_s=timeout or None,
     )
 
