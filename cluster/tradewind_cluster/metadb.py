@@ -29,6 +29,7 @@ def database_options(settings: Settings, application_name: str = "tradewind") ->
         retry_max_wait_s=d.retry_max_wait_s,
         application_name=application_name,
         pool_pre_ping=d.pool_pre_ping,
+        prepared_statements=d.prepared_statements,
     )
 
 

@@ -271,7 +271,7 @@ def _wait_for_lock_wait(database: Database, deadline_s: float = 10.0) -> None:
     query = sa.text(
         "SELECT count(*) FROM pg_stat_activity"
         " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        " AND query LIKE '%WITH cur AS%'"
+        " AND (query LIKE '%WITH cur AS%' OR query LIKE 'EXECUTE tw_report_ended%')"
     )
     with database.autocommit_engine.connect() as conn:
         while conn.execute(query).scalar_one() == 0:

@@ -173,6 +173,10 @@ class DatabaseSettings(_Section):
     # default) is faster and as safe: a dead connection fails at its transaction's first
     # statement, before anything is written, and the whole transaction is retried on a fresh one.
     pool_pre_ping: bool = False
+    # Run the hot path's statements as server-side prepared statements (PREPARE/EXECUTE):
+    # planned once per connection instead of on every execution. Turn off behind a pooler in
+    # transaction mode (PgBouncer's default), where a session is not one connection's own.
+    prepared_statements: bool = True
     retry_max_attempts: Count = 10
     retry_max_wait_s: Seconds = 5.0
 

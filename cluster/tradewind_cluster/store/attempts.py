@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, Row
 
 from tradewind.scheduling.retries import AttemptOutcome, OutcomeDecision
 from tradewind.states import TaskInstanceState
+from tradewind_cluster.store.prepared import PreparedStatement
 from tradewind_cluster.store.schema import task_attempt, task_instance
 
 __all__ = [
@@ -400,6 +401,27 @@ _ENDED = sa.text(
     FROM cur LEFT JOIN go ON true
     """
 )
+_ENDED_PREPARED = PreparedStatement(
+    "tw_report_ended",
+    _ENDED,
+    {
+        "ti_id": "bigint",
+        "token": "bigint",
+        "can_start": "boolean",
+        "now": "timestamptz",
+        "state": "text",
+        "reason": "text",
+        "followed": "text",
+        "outcome": "text",
+        "exit_code": "integer",
+        "error": "text",
+        "worker": "text",
+        "started_at": "timestamptz",
+        "xcoms": "boolean",
+        "keys": "text[]",
+        "values": "text[]",
+    },
+)
 
 
 def record_ended(
@@ -427,8 +449,8 @@ def record_ended(
         raise ValueError("record_ended takes decisions without a retry; use record_finish")
     state = decision.to_state
     kept = dict(returned or ()) if state is _TI.SUCCESS else {}
-    row = conn.execute(
-        _ENDED,
+    row = _ENDED_PREPARED.execute(
+        conn,
         {
             "ti_id": ti_id,
             "token": token,

@@ -24,6 +24,7 @@ from tenacity import (
 )
 
 from tradewind.errors import RetryableError, SchemaError, StoreUnavailableError
+from tradewind_cluster.store.prepared import PREPARE_OPTION
 
 __all__ = ["Connection", "Database", "DatabaseOptions", "is_transient", "unavailable_as_error"]
 
@@ -51,6 +52,7 @@ class DatabaseOptions:
     retry_max_wait_s: float = 5.0
     application_name: str = "tradewind"
     pool_pre_ping: bool = False
+    prepared_statements: bool = True  # see store/prepared.py
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -135,6 +137,7 @@ class Database:
         self.url = url
         opts = self.options
         common = {
+            "execution_options": {PREPARE_OPTION: opts.prepared_statements},
             "pool_pre_ping": opts.pool_pre_ping,
             "pool_recycle": opts.pool_recycle_s,
             "pool_timeout": opts.pool_timeout_s,

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 from tradewind.scheduling.examine import RunExamination
 from tradewind.spec import DagSpec
 from tradewind.states import FINISHED_TI_STATES, DagRunState, TaskInstanceState
+from tradewind_cluster.store.prepared import PreparedStatement
 from tradewind_cluster.store.rows import TI_ROW_COLUMNS, ti_row_from, to_run_row
 from tradewind_cluster.store.runs import finish_run, insert_task_instances
 from tradewind_cluster.store.schema import dag, dag_run, task_instance
@@ -83,17 +84,25 @@ _HASHES_AND_TIS = sa.text(
 )
 
 
+_CLAIM_PREPARED = PreparedStatement(
+    "tw_examine_claim", _CLAIM, {"now": "timestamptz", "limit": "integer"}
+)
+_HASHES_AND_TIS_PREPARED = PreparedStatement(
+    "tw_examine_read", _HASHES_AND_TIS, {"pks": "bigint[]"}
+)
+
+
 def claim_runs_with_tis(conn: Connection, *, now: datetime, limit: int) -> Claimed:
     """Lock running runs due for examination, oldest request first (SKIP LOCKED); then read
     their DAGs' spec hashes and their task instances (one statement, under the locks)."""
     runs = [
         to_run_row(dict(zip(_RUN_COLUMNS, row, strict=True)))
-        for row in conn.execute(_CLAIM, {"now": now, "limit": limit})
+        for row in _CLAIM_PREPARED.execute(conn, {"now": now, "limit": limit})
     ]
     hashes: dict[str, str] = {}
     tis: dict[int, list[TaskInstanceRow]] = defaultdict(list)
     if runs:
-        for row in conn.execute(_HASHES_AND_TIS, {"pks": [r.id for r in runs]}):
+        for row in _HASHES_AND_TIS_PREPARED.execute(conn, {"pks": [r.id for r in runs]}):
             if row[2] is not None:
                 hashes[row[1]] = row[2]
             if row[3] is not None:  # a run with no task instance yet has one row of NULLs
@@ -234,14 +243,20 @@ _REARM = sa.text(
 )
 
 
+_REARM_PREPARED = PreparedStatement(
+    "tw_examine_rearm",
+    _REARM,
+    {"ids": "bigint[]", "deadlines": "timestamptz[]", "now": "timestamptz"},
+)
+
+
 def _rearm(conn: Connection, runs: Sequence[tuple[int, datetime]], now: datetime) -> None:
     """Next examination of each run: the earliest pending retry or its deadline (the run's
     timeout, at the latest the safety recheck), in one statement; finished tasks re-arm a run
     to now through their own reports."""
     if runs:
-        conn.execute(
-            _REARM,
-            {"ids": [r for r, _ in runs], "deadlines": [d for _, d in runs], "now": now},
+        _REARM_PREPARED.execute(
+            conn, {"ids": [r for r, _ in runs], "deadlines": [d for _, d in runs], "now": now}
         )
 
 

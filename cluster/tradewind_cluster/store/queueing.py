@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tradewind.scheduling.admission import Admission, Candidate, Capacity, PoolCapacity
+from tradewind_cluster.store.prepared import PreparedStatement
 from tradewind_cluster.store.schema import dag, pool, task_instance
 
 __all__ = [
@@ -185,6 +186,31 @@ _COUNTS = sa.text(
 )
 
 
+_LOCKS_PREPARED = PreparedStatement(
+    "tw_queue_locks",
+    _LOCKS,
+    {
+        "pool": "text",
+        "dags": "text[]",
+        "space": "integer",
+        "parallelism": "boolean",
+        "pa": "integer",
+        "pb": "integer",
+    },
+)
+_COUNTS_PREPARED = PreparedStatement(
+    "tw_queue_counts",
+    _COUNTS,
+    {
+        "pool": "text",
+        "dags": "text[]",
+        "limited_dags": "text[]",
+        "limited_tasks": "text[]",
+        "parallelism": "boolean",
+    },
+)
+
+
 @dataclass(frozen=True, slots=True)
 class _Locks:
     exists: bool
@@ -195,8 +221,8 @@ class _Locks:
 def _lock(
     conn: Connection, pool_name: str, dag_ids: Sequence[str], parallelism: int | None
 ) -> _Locks:
-    row = conn.execute(
-        _LOCKS,
+    row = _LOCKS_PREPARED.execute(
+        conn,
         {
             "pool": pool_name,
             "dags": sorted(set(dag_ids)),
@@ -219,8 +245,8 @@ def _capacity(
     queue_open: Mapping[str, int] | None,
 ) -> Capacity:
     limited = sorted({(c.dag_id, c.task_id) for c in cands if c.max_active_tis_per_dag})
-    row = conn.execute(
-        _COUNTS,
+    row = _COUNTS_PREPARED.execute(
+        conn,
         {
             "pool": pool_name,
             "dags": sorted({c.dag_id for c in cands}),
@@ -265,6 +291,9 @@ _QUEUE = sa.text(
     JOIN dag_run ON dag_run.id = moved.run_pk
     """
 ).columns(logical_date=sa.DateTime(timezone=True), scheduled_at=sa.DateTime(timezone=True))
+_QUEUE_PREPARED = PreparedStatement(
+    "tw_queue_move", _QUEUE, {"member": "text", "now": "timestamptz", "ids": "bigint[]"}
+)
 
 
 def _queue(
@@ -273,8 +302,8 @@ def _queue(
     """scheduled → queued under a new token, with the attempt row, in one prebuilt statement."""
     if not admitted:
         return ()
-    rows = conn.execute(
-        _QUEUE, {"ids": [c.ti_id for c in admitted], "member": member_id, "now": now}
+    rows = _QUEUE_PREPARED.execute(
+        conn, {"ids": [c.ti_id for c in admitted], "member": member_id, "now": now}
     ).mappings()
     order = {c.ti_id: i for i, c in enumerate(admitted)}
     queued = [
