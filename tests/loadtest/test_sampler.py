@@ -1,0 +1,54 @@
+"""The sampler's CPU accounting: a measured process counts with its live descendants, found
+from one pass over /proc per sample."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from loadtest.sampler import _tree_ticks, children_map, cpu_ticks
+
+_TICK = os.sysconf("SC_CLK_TCK")
+_BURN = (
+    "import time\nend = time.process_time() + 0.4\n"
+    "while time.process_time() < end: pass\ntime.sleep(30)\n"
+)
+
+
+def _spawn(code: str) -> str:
+    return f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {code!r}])\n"
+
+
+def test_a_process_counts_with_its_live_descendants() -> None:
+    # parent -> child -> grandchild; only the grandchild burns CPU, and it is still alive
+    child = _spawn(_BURN) + "time.sleep(30)\n"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _spawn(child) + "time.sleep(30)\n"], start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            kids = children_map()
+            grandchildren = [g for c in kids.get(parent.pid, ()) for g in kids.get(c, ())]
+            burned = (cpu_ticks(grandchildren[0]) or 0) if grandchildren else 0
+            if burned >= 0.3 * _TICK:
+                break
+            assert time.monotonic() < deadline, "the grandchild never burned its CPU"
+            time.sleep(0.05)
+        own = cpu_ticks(parent.pid) or 0
+        total = _tree_ticks(parent.pid, kids)
+        assert total is not None
+        assert total - own >= burned
+        assert _tree_ticks(parent.pid, {}) == cpu_ticks(parent.pid)  # no children known
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
+
+
+def test_a_gone_process_has_no_ticks() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert _tree_ticks(proc.pid, children_map()) is None
