@@ -122,12 +122,39 @@ def test_resource_names_the_service() -> None:
         shutdown_tracing()
 
 
-def test_exporter_none_still_records_so_context_propagates() -> None:
+def test_exporter_none_records_nothing_but_context_still_propagates() -> None:
+    """With nowhere to send spans they are not recorded (each cost ~20 us of CPU), yet every
+    span still gets its ids and its parent's sampling flag, so a trace reads the same across
+    the store, gRPC and task processes as when spans are exported."""
+    from tradewind_cluster.observability.tracing import (
+        context_from,
+        keyed_context,
+        record_span,
+        start_root_span,
+        traceparent,
+    )
+
     configure_tracing(TracingSettings(exporter=TracingExporter.NONE), set_global=False)
     try:
-        with MODULE_TRACER.start_as_current_span("s") as span:
-            assert span.is_recording()
-            assert "traceparent" in inject_context()
+        root = start_root_span("dagrun")
+        assert not root.is_recording()
+        run_tp = traceparent(root)
+        assert run_tp is not None
+        assert run_tp.endswith("-01")  # sampled, as the SDK decides
+        with MODULE_TRACER.start_as_current_span("s", context=context_from(run_tp)) as span:
+            assert not span.is_recording()
+            current = inject_context()["traceparent"]
+            assert current == traceparent(span)
+            assert current.split("-")[1] == run_tp.split("-")[1]  # the run's trace
+            assert current.split("-")[2] != run_tp.split("-")[2]  # a span of its own
+        # a keyed span's id is the derived one, so another process can name it as a parent
+        keyed = record_span("task.schedule", context_from(run_tp), key=(7, "k"))
+        named = trace.get_current_span(keyed_context(run_tp, (7, "k"))).get_span_context()
+        assert keyed == f"00-{named.trace_id:032x}-{named.span_id:016x}-01"
+        # an unsampled parent stays unsampled (ParentBased, the SDK's default sampler)
+        unsampled = run_tp[:-2] + "00"
+        child = MODULE_TRACER.start_span("c", context=context_from(unsampled))
+        assert traceparent(child).endswith("-00")  # type: ignore[union-attr]
     finally:
         shutdown_tracing()
 

@@ -24,7 +24,16 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, Span, SpanContext, SpanKind, Tracer
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    Tracer,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util import types
 from opentelemetry.util._decorator import _AgnosticContextManager
@@ -76,11 +85,73 @@ class _KeyedIds(RandomIdGenerator):
         return keyed if keyed is not None else super().generate_span_id()
 
 
+class _PropagateOnly(Tracer):
+    """The tracer of a provider with no span processor, whose spans would go nowhere: it does
+    not record them (no attributes, events or timing kept; the SDK span cost about 20 us of
+    CPU each, several per task instance), but gives each the ids and the sampling decision the
+    SDK would, so trace context propagates through the store, gRPC and task processes as it
+    does when spans are exported."""
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self._provider = provider
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> Span:
+        """A span with its own ids in the parent's trace (or a new one), not recorded."""
+        parent = trace.get_current_span(context).get_span_context()
+        ids = self._provider.id_generator
+        trace_id = parent.trace_id if parent.is_valid else ids.generate_trace_id()
+        decision = self._provider.sampler.should_sample(
+            context, trace_id, name, kind, attributes, links
+        )
+        sampled = decision.decision is Decision.RECORD_AND_SAMPLE
+        flags = TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT
+        own = SpanContext(
+            trace_id=trace_id,
+            span_id=ids.generate_span_id(),
+            is_remote=False,
+            trace_flags=TraceFlags(flags),
+            trace_state=decision.trace_state,
+        )
+        return NonRecordingSpan(own)
+
+    def start_as_current_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Any:
+        """start_span, made the current span for the block."""
+        span = self.start_span(name, context, kind, attributes, links, start_time)
+        return trace.use_span(
+            span,
+            end_on_exit=end_on_exit,
+            record_exception=record_exception,
+            set_status_on_exception=set_status_on_exception,
+        )
+
+
 class _Active:
     """The provider `tracer()` uses: module state set by configure_tracing, never at import."""
 
     lock = threading.Lock()
     provider: TracerProvider | None = None
+    recording = True  # False: the provider has no span processor (exporter none)
     global_set = False
     # The tracers handed out, per name, with the provider they came from: the SDK's
     # get_tracer builds a new Tracer (and compares instrumentation scopes) on every call.
@@ -126,7 +197,8 @@ def configure_tracing(
 
     `exporter` adds one more exporter (tests pass an InMemorySpanExporter). With set_global (the
     CLI's choice; never tests') the OpenTelemetry global provider is set too, once per process.
-    Spans are recorded even with exporter none, so trace context still propagates."""
+    With exporter none (and no extra exporter) spans are not recorded at all, but still get
+    their ids, so trace context propagates as it does when they are exported."""
     processors = _processors(settings, exporter)  # raises ConfigError before any state changes
     resource = Resource.create({**(attributes or {}), SERVICE_NAME: settings.service_name})
     provider = TracerProvider(resource=resource, id_generator=_KeyedIds())
@@ -134,6 +206,7 @@ def configure_tracing(
         provider.add_span_processor(processor)
     with _Active.lock:
         previous, _Active.provider = _Active.provider, provider
+        _Active.recording = bool(processors)
         if set_global and not _Active.global_set:
             trace.set_tracer_provider(provider)
             _Active.global_set = True
@@ -160,7 +233,9 @@ def _current_tracer(name: str) -> Tracer:
         _Active.tracers = (provider, tracers)
     found = tracers.get(name)
     if found is None:
-        found = tracers[name] = provider.get_tracer(name)
+        found = tracers[name] = (
+            provider.get_tracer(name) if _Active.recording else _PropagateOnly(provider)
+        )
     return found
 
 
