@@ -98,16 +98,17 @@ def test_attempts_of_a_dispatch_pass_that_failed_are_dispatched_next_pass(  # ty
         BashOperator(task_id="a", bash_command="true")
     now = datetime.now(UTC)
     trigger(database, register(database, dag, now=now), now - timedelta(minutes=1))
-    real = loop.dispatch._requests
+    dispatcher = loop.dispatch.dispatcher
+    real = dispatcher.dispatch
     failures = []
 
     def once(*args, **kwargs):  # type: ignore[no-untyped-def]
-        if not failures:  # the store goes away after the attempt was queued
+        if not failures:  # the pass fails after the attempt was queued, before any answer
             failures.append(1)
             raise RuntimeError("connection lost")
         return real(*args, **kwargs)
 
-    loop.dispatch._requests = once  # type: ignore[method-assign]
+    dispatcher.dispatch = once  # type: ignore[method-assign]
     deadline = time.monotonic() + 20
     errors: list[str] = []
     while run_state(database, "flaky") != ["success"]:
@@ -117,6 +118,49 @@ def test_attempts_of_a_dispatch_pass_that_failed_are_dispatched_next_pass(  # ty
     assert failures == [1]
     assert errors == ["RuntimeError: connection lost"]  # one failed pass, then dispatched
     assert not loop.dispatch.has_pending()
+
+
+def test_a_dispatch_right_after_queueing_reads_nothing_from_the_store(  # type: ignore[no-untyped-def]
+    database: Database, replica
+) -> None:
+    """The critical section's statement returns what dispatch needs of the run and the DAG's
+    spec version; with that version cached (the examine step just used it) dispatch issues no
+    statement before its marks. A retried attempt, or a version not cached, is read."""
+    loop, _ = replica
+    with DAG("lean", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        BashOperator(task_id="a", bash_command="echo {{ run_id }}")
+    now = datetime.now(UTC)
+    trigger(database, register(database, dag, now=now), now - timedelta(minutes=1))
+    loop.creator.run_once()
+    loop.examiner.run_once()
+    queued = loop.queuer.run_once().queued
+    assert [q.task_id for q in queued] == ["a"]
+    assert queued[0].run is not None
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    for engine in (database.engine, database.autocommit_engine):
+        sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        [result] = loop.dispatch.run_once(queued)
+        assert result.worker_id is not None
+        # (the in-process dispatcher records the attempt's start itself, and the marks follow;
+        # neither the run nor the DAG's spec version is read)
+        reads = [s for s in statements if "serialized_dag" in s or "dag_run" in s]
+        assert reads == [], reads
+        assert any("dispatched_at" in s for s in statements)
+        loop.ctx.specs = type(loop.ctx.specs)()  # an empty cache: that version must be read
+        statements.clear()
+        assert loop.dispatch._requests_from_queueing(queued) == []  # the caller reads instead
+        assert statements == []
+    finally:
+        for engine in (database.engine, database.autocommit_engine):
+            sa.event.remove(engine, "before_cursor_execute", count)
+    drive(loop, lambda: run_state(database, "lean") == ["success"])
+    log = states(database, "lean")
+    assert log == {"a": "success"}
 
 
 def test_failure_retries_then_fails_the_run_and_all_done_still_runs(

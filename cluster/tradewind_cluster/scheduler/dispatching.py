@@ -12,11 +12,12 @@ from typing import Any, Protocol
 
 from tradewind.spec import DagSpec, TaskSpec
 from tradewind_cluster.scheduler.context import SchedulerContext
+from tradewind_cluster.scheduler.specs import CachedDag
 from tradewind_cluster.store import attempts as store_attempts
 from tradewind_cluster.store import runs as store_runs
 from tradewind_cluster.store import workers as store_workers
 from tradewind_cluster.store.database import Connection
-from tradewind_cluster.store.queueing import QueuedAttempt
+from tradewind_cluster.store.queueing import QueuedAttempt, RunFacts
 from tradewind_cluster.store.snapshots import RunRow
 
 __all__ = ["DispatchRequest", "DispatchResult", "DispatchStep", "Dispatcher"]
@@ -64,15 +65,14 @@ class Dispatcher(Protocol):
         ...
 
 
-def _run_context(run: RunRow, dag: DagSpec) -> dict[str, Any]:
+def _run_context(run: RunRow | RunFacts, q: QueuedAttempt, dag: DagSpec) -> dict[str, Any]:
+    start, end = run.data_interval_start, run.data_interval_end
     return {
-        "run_id": run.run_id,
+        "run_id": q.run_id,
         "run_type": run.run_type,
-        "logical_date": run.logical_date.isoformat(),
-        "data_interval_start": run.data_interval_start.isoformat()
-        if run.data_interval_start
-        else None,
-        "data_interval_end": run.data_interval_end.isoformat() if run.data_interval_end else None,
+        "logical_date": q.logical_date.isoformat(),
+        "data_interval_start": start.isoformat() if start else None,
+        "data_interval_end": end.isoformat() if end else None,
         "conf": dict(run.conf),
         "params": dict(dag.params),
     }
@@ -105,7 +105,9 @@ class DispatchStep:
         self._pending = todo  # until this pass has stored the workers' answers
         now = now or self.ctx.clock()
         queued = list(todo.values())
-        requests = self.ctx.db.read(lambda c: self._requests(c, queued, recheck=retried))
+        requests = (None if retried else self._requests_from_queueing(queued)) or self.ctx.db.read(
+            lambda c: self._requests(c, queued, recheck=retried)
+        )
         results = self.dispatcher.dispatch(requests) if requests else []
         accepted_at = self.ctx.clock()
         if all(r.worker_id is not None for r in results):
@@ -130,6 +132,37 @@ class DispatchStep:
                 latency = max(0.0, (at - q.queued_at).total_seconds())
                 self.ctx.metrics.timing("scheduler.dispatch.latency", latency, queue=q.queue)
 
+    def _requests_from_queueing(self, queued: Sequence[QueuedAttempt]) -> list[DispatchRequest]:
+        """The requests of attempts the critical section just queued, built from what its
+        statement returned (run and spec version) and the spec cache, with no statement of
+        their own; [] when something is missing (the caller reads the store instead)."""
+        hashes: dict[str, str] = {}
+        for q in queued:
+            if q.run is None or q.run.spec_hash is None:
+                return []
+            hashes[q.dag_id] = q.run.spec_hash
+        dags = self.ctx.specs.cached(hashes)
+        if dags is None:
+            return []
+        out: list[DispatchRequest] = []
+        for q in queued:
+            cached = dags[q.dag_id]
+            if q.run is None or q.task_id not in cached.spec.tasks:
+                return []  # a version without the task: the read path skips it and says so
+            out.append(self._request(q, cached, q.run))
+        return out
+
+    @staticmethod
+    def _request(q: QueuedAttempt, cached: CachedDag, run: RunRow | RunFacts) -> DispatchRequest:
+        return DispatchRequest(
+            attempt=q,
+            task=cached.spec.tasks[q.task_id],
+            dag=cached.spec,
+            file_hash=cached.file_hash or "",
+            run_context=_run_context(run, q, cached.spec),
+            task_json=cached.task_json(q.task_id),
+        )
+
     def _requests(
         self,
         conn: Connection,
@@ -149,16 +182,7 @@ class DispatchStep:
             cached, run = dags.get(q.dag_id), runs.get((q.dag_id, q.run_id))
             if cached is None or run is None or q.task_id not in cached.spec.tasks:
                 continue
-            out.append(
-                DispatchRequest(
-                    attempt=q,
-                    task=cached.spec.tasks[q.task_id],
-                    dag=cached.spec,
-                    file_hash=cached.file_hash or "",
-                    run_context=_run_context(run, cached.spec),
-                    task_json=cached.task_json(q.task_id),
-                )
-            )
+            out.append(self._request(q, cached, run))
         return out
 
     def _apply(self, conn: Connection, results: Sequence[DispatchResult], now: datetime) -> None:

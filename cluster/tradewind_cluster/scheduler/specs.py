@@ -76,6 +76,15 @@ class SpecCache:
             known.update(fresh)
         return {d: e for d, e in known.items() if e is not None}
 
+    def cached(self, hashes: Mapping[str, str]) -> dict[str, CachedDag] | None:
+        """The version of each DAG with the given spec hash when every one is in the cache
+        already (no statement needed), else None."""
+        with self._lock:
+            found = {d: self._entries.get(d) for d in hashes}
+        if any(e is None or e.spec_hash != hashes[d] for d, e in found.items()):
+            return None
+        return {d: e for d, e in found.items() if e is not None}
+
     def get_many(self, conn: Connection, dag_ids: Sequence[str]) -> dict[str, DagSpec]:
         """The current spec of each DAG that has one (DAGs never parsed are left out)."""
         return {d: e.spec for d, e in self.entries(conn, dag_ids).items()}

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -35,6 +36,7 @@ __all__ = [
     "PoolOutcome",
     "PoolSlots",
     "QueuedAttempt",
+    "RunFacts",
     "pool_slots",
     "pools_with_scheduled",
     "queue_pool",
@@ -48,6 +50,17 @@ _PARALLELISM_LOCK = (0x7477_0002, 0)
 _FIRST_LOOK = 32
 
 Decide = Callable[[Sequence[Candidate], Capacity], Admission]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFacts:
+    """An attempt's run as a worker is told about it, and its DAG's stored spec version."""
+
+    run_type: str
+    data_interval_start: datetime | None
+    data_interval_end: datetime | None
+    conf: Mapping[str, Any]
+    spec_hash: str | None  # None: the DAG has no stored spec
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +82,9 @@ class QueuedAttempt:
     first_try: bool = True  # no try of it has started yet (Airflow's "first round")
     run_trace_context: str | None = None  # traceparent of the run's root span
     trace_context: str | None = None  # traceparent of the task.queue span, once recorded
+    # What dispatch needs of the run and the DAG, read by the statement that queued it (so a
+    # dispatch pass reads nothing more): None where it was not (an attempt built elsewhere).
+    run: RunFacts | None = None
 
     @property
     def scheduled_for(self) -> float | None:
@@ -285,12 +301,20 @@ _QUEUE = sa.text(
         FROM moved
         RETURNING id, ti_id
     )
-    SELECT attempt.id AS attempt_id, moved.*, dag_run.trace_context
+    SELECT attempt.id AS attempt_id, moved.*, dag_run.trace_context,
+           dag_run.run_type, dag_run.data_interval_start, dag_run.data_interval_end,
+           dag_run.conf, sd.spec_hash
     FROM moved
     JOIN attempt ON attempt.ti_id = moved.id
     JOIN dag_run ON dag_run.id = moved.run_pk
+    LEFT JOIN serialized_dag AS sd ON sd.dag_id = moved.dag_id
     """
-).columns(logical_date=sa.DateTime(timezone=True), scheduled_at=sa.DateTime(timezone=True))
+).columns(
+    logical_date=sa.DateTime(timezone=True),
+    scheduled_at=sa.DateTime(timezone=True),
+    data_interval_start=sa.DateTime(timezone=True),
+    data_interval_end=sa.DateTime(timezone=True),
+)
 _QUEUE_PREPARED = PreparedStatement(
     "tw_queue_move", _QUEUE, {"member": "text", "now": "timestamptz", "ids": "bigint[]"}
 )
@@ -322,6 +346,13 @@ def _queue(
             scheduled_at=r["scheduled_at"],
             first_try=r["try_number"] == 0,
             run_trace_context=r["trace_context"],
+            run=RunFacts(
+                run_type=r["run_type"],
+                data_interval_start=r["data_interval_start"],
+                data_interval_end=r["data_interval_end"],
+                conf=r["conf"] or {},
+                spec_hash=r["spec_hash"],
+            ),
         )
         for r in rows
     ]
