@@ -68,6 +68,29 @@ def test_off_runs_the_plain_statement(db_url: str) -> None:
         db.dispose()
 
 
+def test_a_statement_without_parameters(database: Database) -> None:
+    bare = PreparedStatement("tw_test_bare", sa.text("SELECT 41 + 1 AS answer"), {})
+    assert database.read(lambda c: bare.execute(c, {}).scalar()) == 42
+    assert "tw_test_bare" in database.read(_prepared)
+
+
+def test_the_loops_own_reads_answer_through_their_prepared_statements(
+    database: Database,
+) -> None:
+    """Each runs on every pass (or every idle wait), prepared: they must answer."""
+    from datetime import UTC, datetime
+
+    from tradewind_cluster.store import dags, queueing
+
+    now = datetime.now(UTC)
+    assert database.read(lambda c: dags.next_due_at(c)) is None  # no DAG, no run
+    assert database.read(lambda c: dags.any_due_dags(c, now=now)) is False
+    assert database.read(lambda c: queueing.pools_with_scheduled(c)) == []
+    assert {"tw_next_due_at", "tw_any_due_dags", "tw_pools_with_scheduled"} <= set(
+        database.read(_prepared)
+    )
+
+
 def test_every_parameter_needs_its_type() -> None:
     with pytest.raises(ValueError, match=r"parameters \['a', 'b'\] but types for \['a'\]"):
         PreparedStatement("tw_bad", sa.text("SELECT :a + :b"), {"a": "int"})

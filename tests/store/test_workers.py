@@ -13,7 +13,7 @@ from tests.support.factories import insert_dag, insert_run, insert_ti
 from tradewind.scheduling.admission import admit
 from tradewind_cluster.store import workers
 from tradewind_cluster.store.attempts import record_start, requeue_attempt
-from tradewind_cluster.store.database import Database
+from tradewind_cluster.store.database import Database, DatabaseOptions
 from tradewind_cluster.store.queueing import QueuedAttempt, queue_pool
 from tradewind_cluster.store.workers import WorkerState
 
@@ -179,9 +179,14 @@ def test_undispatched_attempts_are_queued_ones_no_worker_took(database: Database
     assert database.read(lambda conn: workers.undispatched_by_queue(conn)) == {"spark": 1}
 
 
-def test_the_board_is_the_three_reads_in_one_statement(database: Database) -> None:
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "plain"])
+def test_the_board_is_the_three_reads_in_one_statement(
+    database: Database, db_url: str, prepared: bool
+) -> None:
+    reader = Database(db_url, DatabaseOptions(prepared_statements=prepared))
+
     def board(refs: list[tuple[int, int]], with_pending: bool = True) -> workers.Board:
-        return database.read(
+        return reader.read(
             lambda c: workers.read_board(c, refs, max_age_s=5, with_pending=with_pending)
         )
 
@@ -204,6 +209,7 @@ def test_the_board_is_the_three_reads_in_one_statement(database: Database) -> No
     assert got.undispatched == {(b.ti_id, b.token), (c.ti_id, c.token)}
     assert got.pending == {"spark": 2}
     assert board(refs, with_pending=False).pending == {}
+    reader.dispose()
 
 
 def test_attempts_sent_to_a_lost_worker_go_back_to_scheduled(database: Database) -> None:

@@ -7,8 +7,9 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tradewind_cluster.store.prepared import PreparedStatement
 from tradewind_cluster.store.rows import to_dag_row
-from tradewind_cluster.store.schema import dag, dag_run
+from tradewind_cluster.store.schema import dag
 from tradewind_cluster.store.snapshots import DagRow
 
 __all__ = ["any_due_dags", "claim_due_dags", "clear_check_runs", "next_due_at", "set_paused"]
@@ -23,7 +24,19 @@ _DUE = (
     & dag.c.is_active
     & ~dag.c.is_paused
 ) | (dag.c.check_runs & dag.c.is_active)
-_ANY_DUE = sa.select(sa.exists().where(_DUE))
+# Run on every loop pass: prepared (see store/prepared.py). Same predicate as _DUE.
+_ANY_DUE = PreparedStatement(
+    "tw_any_due_dags",
+    sa.text(
+        """
+        SELECT EXISTS (
+            SELECT 1 FROM dag
+            WHERE (next_dagrun_create_after <= :now AND is_active AND NOT is_paused)
+               OR (check_runs AND is_active))
+        """
+    ),
+    {"now": "timestamptz"},
+)
 _CLAIM = (
     sa.select(dag)
     .where(_DUE)
@@ -31,13 +44,25 @@ _CLAIM = (
     .limit(sa.bindparam("limit", type_=sa.Integer))
     .with_for_update(of=dag, skip_locked=True)
 )
+# Read before every idle wait: prepared.
+_NEXT_DUE = PreparedStatement(
+    "tw_next_due_at",
+    sa.text(
+        """
+        SELECT least(
+            (SELECT min(next_dagrun_create_after) FROM dag WHERE is_active AND NOT is_paused),
+            (SELECT min(examine_after) FROM dag_run WHERE state = 'running'))
+        """
+    ),
+    {},
+)
 
 
 def any_due_dags(conn: Connection, *, now: datetime) -> bool:
     """Whether claim_due_dags could find anything, without a transaction or a lock: most loop
     passes have no run to create or start, and this is one statement where the claim's
     transaction is three round trips. A DAG another replica holds counts as due."""
-    return bool(conn.execute(_ANY_DUE, {"now": now}).scalar())
+    return bool(_ANY_DUE.execute(conn, {"now": now}).scalar())
 
 
 def claim_due_dags(conn: Connection, *, now: datetime, limit: int) -> list[DagRow]:
@@ -65,15 +90,5 @@ def set_paused(conn: Connection, dag_id: str, paused: bool) -> bool:
 def next_due_at(conn: Connection) -> datetime | None:
     """The earliest moment scheduled work falls due: a DAG's next run, or a run's pending
     examination (retry delay, timeout). An idle replica sleeps until then at most."""
-    next_run = (
-        sa.select(sa.func.min(dag.c.next_dagrun_create_after))
-        .where(dag.c.is_active, ~dag.c.is_paused)
-        .scalar_subquery()
-    )
-    next_examine = (
-        sa.select(sa.func.min(dag_run.c.examine_after))
-        .where(dag_run.c.state == "running")
-        .scalar_subquery()
-    )
-    value = conn.execute(sa.select(sa.func.least(next_run, next_examine))).scalar()
+    value = _NEXT_DUE.execute(conn, {}).scalar()
     return value if isinstance(value, datetime) else None

@@ -52,9 +52,10 @@ class PreparedStatement:
         self._order = found
         numbered = {param: f"${i}" for i, param in enumerate(found, 1)}
         body = _PARAM.sub(lambda m: numbered[m.group(1)], text)
-        signature = ", ".join(types[param] for param in found)
-        self._prepare = f"PREPARE {name} ({signature}) AS {body}"
-        self._execute = f"EXECUTE {name} ({', '.join(['%s'] * len(found))})"
+        signature = f" ({', '.join(types[param] for param in found)})" if found else ""
+        self._prepare = f"PREPARE {name}{signature} AS {body}"
+        arguments = f" ({', '.join(['%s'] * len(found))})" if found else ""
+        self._execute = f"EXECUTE {name}{arguments}"
 
     def execute(
         self, conn: Connection, params: Mapping[str, Any]

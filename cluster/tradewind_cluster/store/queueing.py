@@ -123,12 +123,17 @@ class PoolOutcome:
     looked: int = 0  # scheduled task instances locked and weighed
 
 
+_POOLS_WITH_SCHEDULED = PreparedStatement(
+    "tw_pools_with_scheduled",
+    sa.text("SELECT pool FROM task_instance WHERE state = 'scheduled' GROUP BY pool LIMIT :limit"),
+    {"limit": "integer"},
+)
+
+
 def pools_with_scheduled(conn: Connection, *, limit: int = 256) -> list[str]:
-    """Pools that have scheduled task instances (reads the partial index only)."""
-    rows = conn.execute(
-        sa.select(ti.c.pool).where(ti.c.state == "scheduled").group_by(ti.c.pool).limit(limit)
-    )
-    return [r[0] for r in rows]
+    """Pools that have scheduled task instances (reads the partial index only); every loop
+    pass runs it, prepared."""
+    return [r[0] for r in _POOLS_WITH_SCHEDULED.execute(conn, {"limit": limit})]
 
 
 def _lock_candidates(conn: Connection, pool_name: str, limit: int) -> list[Candidate]:

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 
 from tradewind_cluster.store.attempts import requeue_attempt
 from tradewind_cluster.store.notify import WORKERS, notify
+from tradewind_cluster.store.prepared import PreparedStatement
 from tradewind_cluster.store.schema import task_attempt, task_instance, worker
 
 __all__ = [
@@ -230,8 +231,8 @@ def list_workers(
     return [_row(r) for r in conn.execute(q).mappings()]
 
 
-# The dispatcher's reads run on nearly every loop pass: their statements are built once, with
-# bound parameters, so a pass neither rebuilds them nor works out their cache keys again.
+# Built once, with bound parameters: housekeeping reads live workers every pass (the
+# dispatcher reads the same and more through _BOARD below, prepared).
 _MAX_AGE = sa.bindparam("max_age_s", type_=sa.Float)
 _LIMIT = sa.bindparam("limit", type_=sa.Integer)
 _REFS: sa.BindParameter[Any] = sa.bindparam("refs", expanding=True)
@@ -304,26 +305,53 @@ class Board:
     pending: dict[str, int]
 
 
-@functools.cache
-def _board_select(refs: bool, pending: bool) -> sa.Select[Any]:
-    still = (
-        sa.select(sa.func.json_agg(sa.func.json_build_array(ti.c.id, ti.c.token)))
-        .where(_UNDISPATCHED)
-        .scalar_subquery()
-        if refs
-        else sa.null()
-    )
-    by_queue = _BY_QUEUE.subquery("by_queue")
-    waiting = (
-        sa.select(sa.func.json_object_agg(by_queue.c.queue, by_queue.c.n)).scalar_subquery()
-        if pending
-        else sa.null()
-    )
-    extras = sa.select(still.label("undispatched"), waiting.label("pending")).subquery("extras")
-    live = _live_select().subquery("live")
-    return (
-        sa.select(extras, live).select_from(extras.outerjoin(live, sa.true())).order_by(live.c.id)
-    )
+# The board as one prepared statement: the attempts asked about come as two arrays (a fixed
+# shape, where an IN list of pairs would be a new statement for every length).
+_BOARD = PreparedStatement(
+    "tw_dispatch_board",
+    sa.text(
+        """
+        WITH live AS (
+            SELECT w.*,
+                   extract(epoch FROM clock_timestamp() - w.heartbeat_at) AS heartbeat_age_s,
+                   array_remove(array_agg(t.id), NULL) AS assigned_ids,
+                   array_remove(array_agg(t.token), NULL) AS assigned_tokens
+            FROM worker AS w
+            LEFT JOIN task_instance AS t
+                   ON t.worker = w.id AND t.state IN ('queued', 'running')
+            WHERE w.state = 'alive'
+              AND w.heartbeat_at > clock_timestamp()
+                                   - make_interval(secs => CAST(:max_age_s AS double precision))
+            GROUP BY w.id
+            ORDER BY w.id
+            LIMIT :limit
+        )
+        SELECT extras.undispatched, extras.pending, live.*
+        FROM (
+            SELECT
+                (SELECT json_agg(json_build_array(t.id, t.token)) FROM task_instance AS t
+                 WHERE (t.id, t.token) IN (
+                     SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS bigint[])))
+                   AND t.state = 'queued' AND t.worker IS NULL) AS undispatched,
+                CASE WHEN CAST(:with_pending AS boolean) THEN (
+                    SELECT json_object_agg(q.queue, q.n) FROM (
+                        SELECT queue, count(*) AS n FROM task_instance
+                        WHERE state = 'queued' AND worker IS NULL
+                        GROUP BY queue LIMIT :limit) AS q
+                ) END AS pending
+        ) AS extras
+        LEFT JOIN live ON true
+        ORDER BY live.id
+        """
+    ),
+    {
+        "max_age_s": "double precision",
+        "limit": "integer",
+        "ids": "bigint[]",
+        "tokens": "bigint[]",
+        "with_pending": "boolean",
+    },
+)
 
 
 def read_board(
@@ -337,10 +365,14 @@ def read_board(
     """live_workers, undispatched(refs) and undispatched_by_queue in one statement: the
     dispatcher reads them after nearly every finished report, and each round trip of a loop
     pass waits for a CPU on a busy host. One row comes back even with no live worker."""
-    params: dict[str, Any] = {"max_age_s": max_age_s, "limit": limit}
-    if refs:
-        params["refs"] = list(refs)
-    rows = conn.execute(_board_select(bool(refs), with_pending), params).mappings().all()
+    params = {
+        "max_age_s": float(max_age_s),
+        "limit": limit,
+        "ids": [ti_id for ti_id, _ in refs],
+        "tokens": [token for _, token in refs],
+        "with_pending": with_pending,
+    }
+    rows = _BOARD.execute(conn, params).mappings().all()
     first = rows[0]
     return Board(
         workers=[_live_row(r) for r in rows if r["id"] is not None],
