@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection
 
 from tradewind.scheduling.admission import Admission, Candidate, Capacity, PoolCapacity
 from tradewind_cluster.store.prepared import PreparedStatement
-from tradewind_cluster.store.schema import dag, pool, task_instance
+from tradewind_cluster.store.schema import pool, task_instance
 
 __all__ = [
     "PoolOutcome",
@@ -136,15 +136,26 @@ def pools_with_scheduled(conn: Connection, *, limit: int = 256) -> list[str]:
     return [r[0] for r in _POOLS_WITH_SCHEDULED.execute(conn, {"limit": limit})]
 
 
+# The critical section's first statement (ix_ti_scheduled), prepared.
+_CANDIDATES = PreparedStatement(
+    "tw_queue_candidates",
+    sa.text(
+        """
+        SELECT t.id, t.dag_id, t.run_id, t.task_id, t.logical_date, t.pool, t.pool_slots,
+               t.priority_weight, t.queue, t.max_active_tis_per_dag, d.max_active_tasks
+        FROM task_instance AS t JOIN dag AS d ON d.dag_id = t.dag_id
+        WHERE t.state = 'scheduled' AND t.pool = :pool
+        ORDER BY t.priority_weight DESC, t.logical_date, t.id
+        LIMIT :limit
+        FOR UPDATE OF t SKIP LOCKED
+        """
+    ),
+    {"pool": "text", "limit": "integer"},
+)
+
+
 def _lock_candidates(conn: Connection, pool_name: str, limit: int) -> list[Candidate]:
-    rows = conn.execute(
-        sa.select(ti, dag.c.max_active_tasks)
-        .join(dag, dag.c.dag_id == ti.c.dag_id)
-        .where(ti.c.state == "scheduled", ti.c.pool == pool_name)
-        .order_by(ti.c.priority_weight.desc(), ti.c.logical_date, ti.c.id)
-        .limit(limit)
-        .with_for_update(of=ti, skip_locked=True)
-    ).mappings()
+    rows = _CANDIDATES.execute(conn, {"pool": pool_name, "limit": limit}).mappings()
     return [
         Candidate(
             ti_id=r["id"],
