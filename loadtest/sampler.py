@@ -99,10 +99,10 @@ def children_map() -> dict[int, list[int]]:
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
                 text = f.read()
-        except OSError:  # gone since the listing
+            # the command name may hold spaces and parentheses: fields start after the last ')'
+            ppid = int(text[text.rindex(b")") + 2 :].split(maxsplit=2)[1])
+        except (OSError, ValueError, IndexError):  # gone (or going) since the listing
             continue
-        # the command name may hold spaces and parentheses: fields start after the last ')'
-        ppid = int(text[text.rindex(b")") + 2 :].split(maxsplit=2)[1])
         if ppid:
             kids.setdefault(ppid, []).append(int(entry))
     return kids

@@ -91,6 +91,70 @@ def test_the_loops_own_reads_answer_through_their_prepared_statements(
     )
 
 
+def _pinned(database: Database) -> Database:
+    """The same database through a one-connection autocommit pool: every call meets the
+    session whose statements a test tampers with."""
+    pinned = Database(database.url, DatabaseOptions(pool_size=1, max_overflow=0))
+    pinned.read(lambda c: c.exec_driver_sql("SELECT 1"))
+    return pinned
+
+
+def test_a_statement_dropped_from_the_session_is_prepared_again(database: Database) -> None:
+    db = _pinned(database)
+    try:
+        assert db.statement(lambda c: _run(c, 1, [])) == (3, [], "1")
+        db.read(lambda c: c.exec_driver_sql("DEALLOCATE tw_test_sum"))  # behind its back
+        assert db.statement(lambda c: _run(c, 2, ["b"])) == (4, ["b"], "2")  # retried
+        assert "tw_test_sum" in db.read(_prepared)
+    finally:
+        db.dispose()
+
+
+def test_a_name_the_session_already_holds_is_replaced(database: Database) -> None:
+    db = _pinned(database)
+    try:
+        db.read(lambda c: c.exec_driver_sql("PREPARE tw_test_sum AS SELECT 'someone else'"))
+        assert db.statement(lambda c: _run(c, 5, ["x"])) == (7, ["x"], "5")
+    finally:
+        db.dispose()
+
+
+def test_a_statement_whose_table_changed_shape_is_prepared_again(database: Database) -> None:
+    """A migration that adds a column, while a scheduler holds a statement reading `*` of
+    that table: PostgreSQL refuses the old plan; the statement is deallocated and prepared."""
+    db = _pinned(database)
+    star = PreparedStatement(
+        "tw_test_star", sa.text("SELECT * FROM tw_shape WHERE a = :a"), {"a": "int"}
+    )
+    try:
+        db.read(
+            lambda c: c.exec_driver_sql(
+                "CREATE TABLE tw_shape (a int); INSERT INTO tw_shape VALUES (1)"
+            )
+        )
+        assert db.statement(lambda c: list(star.execute(c, {"a": 1}).one())) == [1]
+        db.read(lambda c: c.exec_driver_sql("ALTER TABLE tw_shape ADD COLUMN b int DEFAULT 2"))
+        assert db.statement(lambda c: list(star.execute(c, {"a": 1}).one())) == [1, 2]
+    finally:
+        db.dispose()
+
+
+def test_parameters_are_read_as_sqlalchemy_reads_them(database: Database) -> None:
+    """Casts, string literals, escaped colons and percent signs: the prepared text is what
+    the plain statement sends, with $n for each parameter."""
+    odd = PreparedStatement(
+        "tw_test_odd",
+        sa.text(r"SELECT CAST(:a AS int), 'x:y', :a, 'a%' LIKE 'a%', '\:not' WHERE :b"),
+        {"a": "int", "b": "boolean"},
+    )
+    assert odd._prepare == (
+        "PREPARE tw_test_odd (int, boolean) AS "
+        "SELECT CAST($1 AS int), 'x:y', $1, 'a%' LIKE 'a%', ':not' WHERE $2"
+    )
+    row = database.read(lambda c: tuple(odd.execute(c, {"a": 4, "b": True}).one()))
+    assert row == (4, "x:y", 4, True, ":not")
+
+
 def test_every_parameter_needs_its_type() -> None:
     with pytest.raises(ValueError, match=r"parameters \['a', 'b'\] but types for \['a'\]"):
         PreparedStatement("tw_bad", sa.text("SELECT :a + :b"), {"a": "int"})

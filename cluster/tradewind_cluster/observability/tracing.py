@@ -9,6 +9,7 @@ import importlib
 import logging
 import sys
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -146,12 +147,15 @@ class _PropagateOnly(Tracer):
         )
 
 
+# Whether each provider configure_tracing built records spans (False: no span processor).
+_RECORDS: weakref.WeakKeyDictionary[TracerProvider, bool] = weakref.WeakKeyDictionary()
+
+
 class _Active:
     """The provider `tracer()` uses: module state set by configure_tracing, never at import."""
 
     lock = threading.Lock()
     provider: TracerProvider | None = None
-    recording = True  # False: the provider has no span processor (exporter none)
     global_set = False
     # The tracers handed out, per name, with the provider they came from: the SDK's
     # get_tracer builds a new Tracer (and compares instrumentation scopes) on every call.
@@ -205,8 +209,9 @@ def configure_tracing(
     for processor in processors:
         provider.add_span_processor(processor)
     with _Active.lock:
+        # Known before the provider is: a thread that sees it sees whether it records.
+        _RECORDS[provider] = bool(processors)
         previous, _Active.provider = _Active.provider, provider
-        _Active.recording = bool(processors)
         if set_global and not _Active.global_set:
             trace.set_tracer_provider(provider)
             _Active.global_set = True
@@ -234,7 +239,7 @@ def _current_tracer(name: str) -> Tracer:
     found = tracers.get(name)
     if found is None:
         found = tracers[name] = (
-            provider.get_tracer(name) if _Active.recording else _PropagateOnly(provider)
+            provider.get_tracer(name) if _RECORDS.get(provider, True) else _PropagateOnly(provider)
         )
     return found
 

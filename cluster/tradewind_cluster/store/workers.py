@@ -307,12 +307,18 @@ class Board:
 
 # The board as one prepared statement: the attempts asked about come as two arrays (a fixed
 # shape, where an IN list of pairs would be a new statement for every length).
+# The board as one prepared statement: the attempts asked about come as two arrays (a fixed
+# shape, where an IN list of pairs would be a new statement for every length). Columns are
+# listed, not `*`: a prepared statement whose result columns change (a migration adding one
+# while older schedulers run) no longer executes.
+_WORKER_COLUMNS = tuple(c.name for c in worker.c)
+_LIVE_COLUMNS = (*_WORKER_COLUMNS, "heartbeat_age_s", "assigned_ids", "assigned_tokens")
 _BOARD = PreparedStatement(
     "tw_dispatch_board",
     sa.text(
-        """
+        f"""
         WITH live AS (
-            SELECT w.*,
+            SELECT {", ".join(f"w.{c}" for c in _WORKER_COLUMNS)},
                    extract(epoch FROM clock_timestamp() - w.heartbeat_at) AS heartbeat_age_s,
                    array_remove(array_agg(t.id), NULL) AS assigned_ids,
                    array_remove(array_agg(t.token), NULL) AS assigned_tokens
@@ -326,7 +332,8 @@ _BOARD = PreparedStatement(
             ORDER BY w.id
             LIMIT :limit
         )
-        SELECT extras.undispatched, extras.pending, live.*
+        SELECT extras.undispatched, extras.pending,
+               {", ".join(f"live.{c}" for c in _LIVE_COLUMNS)}
         FROM (
             SELECT
                 (SELECT json_agg(json_build_array(t.id, t.token)) FROM task_instance AS t
@@ -337,7 +344,7 @@ _BOARD = PreparedStatement(
                     SELECT json_object_agg(q.queue, q.n) FROM (
                         SELECT queue, count(*) AS n FROM task_instance
                         WHERE state = 'queued' AND worker IS NULL
-                        GROUP BY queue LIMIT :limit) AS q
+                        GROUP BY queue LIMIT :queues) AS q
                 ) END AS pending
         ) AS extras
         LEFT JOIN live ON true
@@ -350,6 +357,7 @@ _BOARD = PreparedStatement(
         "ids": "bigint[]",
         "tokens": "bigint[]",
         "with_pending": "boolean",
+        "queues": "integer",
     },
 )
 
@@ -371,6 +379,7 @@ def read_board(
         "ids": [ti_id for ti_id, _ in refs],
         "tokens": [token for _, token in refs],
         "with_pending": with_pending,
+        "queues": 1000,
     }
     rows = _BOARD.execute(conn, params).mappings().all()
     first = rows[0]
