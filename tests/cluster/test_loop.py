@@ -120,6 +120,39 @@ def test_attempts_of_a_dispatch_pass_that_failed_are_dispatched_next_pass(  # ty
     assert not loop.dispatch.has_pending()
 
 
+def test_run_creation_probes_only_after_a_claim_that_found_nothing(  # type: ignore[no-untyped-def]
+    database: Database, replica
+) -> None:
+    """A pass with nothing due costs one autocommit probe, not the claim's transaction; a pass
+    after one that claimed DAGs claims at once (on a busy schedule most are due)."""
+    loop, _ = replica
+    with DAG("probe", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        EmptyOperator(task_id="e")
+    now = datetime.now(UTC)
+    spec = register(database, dag, now=now)
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        if "tw_any_due_dags" in statement and statement.startswith("EXECUTE"):
+            seen.append("probe")
+        elif "FOR UPDATE OF dag SKIP LOCKED" in statement:
+            seen.append("claim")
+
+    for engine in (database.engine, database.autocommit_engine):
+        sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        loop.creator.run_once()  # nothing due: the probe alone
+        trigger(database, spec, now - timedelta(minutes=1))
+        loop.creator.run_once()  # the triggered run is due: probe, then claim
+        loop.creator.run_once()  # the last claim found the DAG: claim at once (nothing now)
+        loop.creator.run_once()  # the last claim found nothing: the probe alone
+    finally:
+        for engine in (database.engine, database.autocommit_engine):
+            sa.event.remove(engine, "before_cursor_execute", record)
+    assert seen == ["probe", "probe", "claim", "claim", "probe"]
+    assert run_state(database, "probe") == ["running"]
+
+
 def test_a_dispatch_right_after_queueing_reads_nothing_from_the_store(  # type: ignore[no-untyped-def]
     database: Database, replica
 ) -> None:

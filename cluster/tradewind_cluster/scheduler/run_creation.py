@@ -55,13 +55,17 @@ class RunCreator:
 
     def __init__(self, ctx: SchedulerContext) -> None:
         self.ctx = ctx
+        # The last claim found DAGs: more are likely due (a busy schedule), so the next pass
+        # claims at once instead of probing first.
+        self._claimed_last = False
 
     def run_once(self, now: datetime | None = None) -> RunCreationReport:
         """One pass over the DAGs due now (bounded by max_runs_per_loop)."""
         now = now or self.ctx.clock()
-        if not self.ctx.db.read(lambda c: dags.any_due_dags(c, now=now)):
+        if not self._claimed_last and not self.ctx.db.read(lambda c: dags.any_due_dags(c, now=now)):
             return RunCreationReport()
         report = self.ctx.db.transaction(lambda c: self._create(c, now))
+        self._claimed_last = report.dags_examined > 0
         # Ended only now: a run whose transaction rolled back never shows up as a trace.
         for span in report.spans:
             span.end()
