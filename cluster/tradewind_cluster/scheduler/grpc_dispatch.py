@@ -32,6 +32,7 @@ from tradewind_cluster.rpc.server import RpcOptions, open_channel
 from tradewind_cluster.scheduler.context import SchedulerContext
 from tradewind_cluster.scheduler.dispatching import DispatchRequest, DispatchResult
 from tradewind_cluster.scheduler.execute_requests import build_execute_request
+from tradewind_cluster.scheduler.worker_board import WorkerBoard
 from tradewind_cluster.store import workers as store_workers
 from tradewind_cluster.store.database import Database
 from tradewind_cluster.store.queueing import QueuedAttempt
@@ -52,7 +53,6 @@ _TRANSIENT = frozenset(
         grpc.StatusCode.ABORTED,
     }
 )
-Ref = tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,15 +140,9 @@ class GrpcDispatcher:
         self.options = options or GrpcDispatchOptions()
         self.metrics = metrics or Metrics()
         self._sleep = sleep
-        self._now = monotonic
-        self._lock = threading.Lock()  # guards the board below
+        self.board = WorkerBoard(db, self.options, self.metrics, monotonic)
+        self._lock = threading.Lock()  # guards the sets and maps below
         self._dispatching = threading.Lock()  # one dispatch() at a time
-        self._workers: dict[str, WorkerRow] = {}
-        self._inflight: dict[Ref, tuple[str, float]] = {}  # sent, not yet seen in the store
-        self._by_worker: dict[str, set[Ref]] = {}  # the same entries, per worker
-        self._cooling: dict[str, float] = {}  # worker id -> monotonic time it may be tried again
-        self._queue_cache: tuple[float, dict[str, int]] | None = None
-        self._board_at = float("-inf")  # monotonic time the board's last read began
         self._no_batch: set[str] = set()  # workers that answered ExecuteBatch UNIMPLEMENTED
         self._stubs: dict[str, tuple[grpc.Channel, worker_pb2_grpc.WorkerStub]] = {}
         self._pool: ThreadPoolExecutor | None = None
@@ -166,67 +160,22 @@ class GrpcDispatcher:
         if not requests:
             return []
         with self._dispatching:
-            if self._now() - self._board_at > self.options.board_reuse_s:
-                self._refresh()
+            self.board.refresh_if_old()
             if len(requests) == 1:
                 results = [self._dispatch_safely(requests[0])]
             else:
                 results = self._dispatch_batched(requests)
-            with self._lock:
-                self._queue_cache = None  # the slots just taken make it stale
+            self.board.capacity_changed()  # the slots just taken
         return results
 
     def queue_open(self) -> Mapping[str, int] | None:
         """Free slots per queue over live workers, less attempts queued but not yet accepted by
-        any worker; cached for queue_open_ttl_s."""
-        now = self._now()
-        with self._lock:
-            cached = self._queue_cache
-            if cached is not None and now - cached[0] < self.options.queue_open_ttl_s:
-                return dict(cached[1])
-        pending = self._refresh(with_pending=True)
-        with self._lock:
-            open_: dict[str, int] = {}
-            total = 0
-            for w in self._workers.values():
-                if self._is_cooling(w.id, now):
-                    continue
-                free = self._free(w)
-                total += free
-                for q in w.queues:
-                    open_[q] = open_.get(q, 0) + free
-            for q in open_:
-                open_[q] = max(0, open_[q] - pending.get(q, 0))
-            self._queue_cache = (now, open_)
-            assigned = sum(len(w.assigned) for w in self._workers.values())
-            running = sum(w.running for w in self._workers.values())
-        self._emit_board(total, open_, pending, assigned, running)
-        return dict(open_)
+        any worker; cached for queue_open_ttl_s (see WorkerBoard.queue_open)."""
+        return self.board.queue_open()
 
     def capacity_changed(self) -> None:
         """Drop the cached free-slot view: the next queue_open reads the store again."""
-        with self._lock:
-            self._queue_cache = None
-
-    def _emit_board(
-        self,
-        total: int,
-        open_: Mapping[str, int],
-        pending: Mapping[str, int],
-        assigned: int,
-        running: int,
-    ) -> None:
-        """Executor and queue gauges: queued counts attempts not yet accepted by a worker plus
-        those accepted but not started; running is what the workers last said they run."""
-        self.metrics.gauge("executor.open_slots", total)
-        self.metrics.gauge("executor.running_tasks", running)
-        self.metrics.gauge(
-            "executor.queued_tasks", sum(pending.values()) + max(0, assigned - running)
-        )
-        for q, n in open_.items():
-            self.metrics.gauge("queue.open_slots", n, queue=q)
-        for q in sorted({*open_, *pending}):
-            self.metrics.gauge("queue.queued_tasks", pending.get(q, 0), queue=q)
+        self.board.capacity_changed()
 
     def close(self) -> None:
         """Stop the RPC threads and close every channel."""
@@ -236,97 +185,6 @@ class GrpcDispatcher:
             stubs, self._stubs = self._stubs, {}
         for channel, _ in stubs.values():
             channel.close()
-
-    # -- the board: workers, free slots, in-flight dispatches ------------------------------
-    def _refresh(self, *, with_pending: bool = False) -> dict[str, int]:
-        """Read live workers (and what is still undispatched) and drop in-flight entries the
-        store now accounts for (assigned to a worker, finished or requeued)."""
-        with self._lock:
-            refs = list(self._inflight)
-        started = self._now()
-
-        board = self.db.read(
-            lambda conn: store_workers.read_board(
-                conn,
-                refs,
-                max_age_s=self.options.worker_max_age_s,
-                limit=self.options.max_workers,
-                with_pending=with_pending,
-            )
-        )
-        rows, still, pending = board.workers, board.undispatched, board.pending
-        now = self._now()
-        with self._lock:
-            self._board_at = started
-            self._workers = {w.id: w for w in rows}
-            for ref in refs:
-                entry = self._inflight.get(ref)
-                if entry is None:
-                    continue
-                # Entries added after the read began are kept: the store could not see them.
-                if ref not in still or now - entry[1] > self.options.inflight_ttl_s:
-                    self._forget(ref)
-        return pending
-
-    def _remember(self, ref: Ref, worker_id: str, now: float) -> None:
-        self._forget(ref)
-        self._inflight[ref] = (worker_id, now)
-        self._by_worker.setdefault(worker_id, set()).add(ref)
-
-    def _forget(self, ref: Ref) -> None:
-        entry = self._inflight.pop(ref, None)
-        if entry is not None:
-            self._by_worker.get(entry[0], set()).discard(ref)
-
-    def _used(self, w: WorkerRow) -> int:
-        mine = self._by_worker.get(w.id, ())
-        return len(w.assigned) + sum(1 for ref in mine if ref not in w.assigned)
-
-    def _free(self, w: WorkerRow) -> int:
-        return max(0, w.slots - self._used(w))
-
-    def _is_cooling(self, worker_id: str, now: float) -> bool:
-        until = self._cooling.get(worker_id)
-        return until is not None and now < until
-
-    def _holder(self, ref: Ref) -> str | None:
-        """The worker this attempt was already sent to, if any (a resend goes there again)."""
-        entry = self._inflight.get(ref)
-        if entry is not None:
-            return entry[0]
-        return next((w.id for w in self._workers.values() if ref in w.assigned), None)
-
-    def _pick(self, queue: str, ref: Ref, tried: set[str]) -> WorkerRow | None:
-        """Reserve a slot for ref on the least loaded live worker serving queue."""
-        now = self._now()
-        with self._lock:
-            holder = self._holder(ref)
-            if (
-                holder is not None
-                and holder not in tried
-                and holder in self._workers
-                and not self._is_cooling(holder, now)
-            ):
-                return self._workers[holder]
-            candidates = [
-                w
-                for w in self._workers.values()
-                if queue in w.queues
-                and w.id not in tried
-                and not self._is_cooling(w.id, now)
-                and self._free(w) > 0
-            ]
-            if not candidates:
-                return None
-            best = min(candidates, key=lambda w: (self._used(w) / w.slots, -self._free(w), w.id))
-            self._remember(ref, best.id, now)
-            return best
-
-    def _release(self, ref: Ref, worker_id: str) -> None:
-        with self._lock:
-            entry = self._inflight.get(ref)
-            if entry is not None and entry[0] == worker_id:
-                self._forget(ref)
 
     # -- a pass's attempts: one call per worker --------------------------------------------
     def _dispatch_batched(self, requests: Sequence[DispatchRequest]) -> list[DispatchResult]:
@@ -355,14 +213,14 @@ class GrpcDispatcher:
                 elif sent.unimplemented:  # still reserved there: _pick sends it to w again
                     later[i] = (set(), [])
                 elif reply is not None:
-                    self._release((a.ti_id, a.token), w.id)
+                    self.board.release((a.ti_id, a.token), w.id)
                     self.metrics.incr(
                         "scheduler.dispatch.failures", queue=a.queue, reason="refused"
                     )
                     why = f"worker {w.id}: refused: {reply.reason or 'no reason given'}"
                     later[i] = ({w.id}, [why])
                 else:
-                    self._release((a.ti_id, a.token), w.id)
+                    self.board.release((a.ti_id, a.token), w.id)
                     why = sent.reason or "no reply for this attempt"
                     results[i] = DispatchResult(
                         ti_id=a.ti_id,
@@ -390,7 +248,7 @@ class GrpcDispatcher:
         for i, req in enumerate(requests):
             a = req.attempt
             ref = (a.ti_id, a.token)
-            worker = self._pick(a.queue, ref, set())
+            worker = self.board.pick(a.queue, ref, set())
             if worker is None or worker.id in self._no_batch:
                 later[i] = (set(), [])  # _dispatch_one picks again (the holder, if reserved)
                 continue
@@ -405,7 +263,7 @@ class GrpcDispatcher:
                 size = message.ByteSize()
             except Exception as exc:  # this attempt only: the pass goes on
                 span.end()
-                self._release(ref, worker.id)
+                self.board.release(ref, worker.id)
                 log.exception("cannot build the request of attempt %s/%s", a.ti_id, a.token)
                 results[i] = DispatchResult(
                     ti_id=a.ti_id,
@@ -492,7 +350,7 @@ class GrpcDispatcher:
         ) as span:
             message = build_execute_request(req)
             while len(tried) < self.options.workers_per_attempt:
-                worker = self._pick(a.queue, ref, tried)
+                worker = self.board.pick(a.queue, ref, tried)
                 if worker is None:
                     break
                 tried.add(worker.id)
@@ -505,7 +363,7 @@ class GrpcDispatcher:
                         worker_id=worker.id,
                         trace_context=traceparent(span),
                     )
-                self._release(ref, worker.id)
+                self.board.release(ref, worker.id)
                 errors.append(f"worker {worker.id}: {sent.reason}")
                 if sent.broken:
                     # The call failed after its retries, but the worker may have started the
@@ -562,8 +420,7 @@ class GrpcDispatcher:
 
     def _suspect(self, worker: WorkerRow, reason: str) -> None:
         """This worker kept failing: skip it here for a while and mark it suspect for all."""
-        with self._lock:
-            self._cooling[worker.id] = self._now() + self.options.suspect_cooldown_s
+        self.board.cool(worker.id)
         try:
             marked = self.db.transaction(lambda c: store_workers.mark_suspect(c, worker.id))
         except Exception:
