@@ -110,39 +110,39 @@ def _create_pool(engine: sa.Engine, plan: Plan) -> None:
         )
 
 
+def _wait_for_count(
+    engine: sa.Engine,
+    sql: sa.TextClause,
+    params: dict[str, object],
+    want: int,
+    timeout_s: float,
+    what: str,
+) -> None:
+    """Poll `sql` (one count) until it reaches `want`; HarnessError after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with engine.connect() as conn:
+            got = conn.execute(sql, params).scalar() or 0
+        if got >= want:
+            return
+        if time.monotonic() > deadline:
+            raise HarnessError(f"only {got} of {want} {what} in {timeout_s:.0f}s")
+        time.sleep(_POLL_S)
+
+
 def _wait_for_dags(engine: sa.Engine, dag_ids: list[str], timeout_s: float) -> None:
     sql = sa.text(
         "SELECT count(*) FROM dag d JOIN serialized_dag s ON s.dag_id = d.dag_id "
         "WHERE d.dag_id = ANY(:ids) AND d.is_active AND NOT d.is_paused"
     )
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with engine.connect() as conn:
-            ready = conn.execute(sql, {"ids": dag_ids}).scalar()
-        if ready == len(dag_ids):
-            return
-        if time.monotonic() > deadline:
-            raise HarnessError(
-                f"only {ready} of {len(dag_ids)} DAGs were parsed in {timeout_s:.0f}s"
-            )
-        time.sleep(_POLL_S)
+    _wait_for_count(engine, sql, {"ids": dag_ids}, len(dag_ids), timeout_s, "DAGs were parsed")
 
 
 def _wait_for_workers(engine: sa.Engine, count: int, timeout_s: float) -> None:
     """Until `count` workers are registered and alive: the load starts on a ready cluster, so
     no task waits for a worker that is still starting (it would count against throughput)."""
-    if count <= 0:
-        return
     sql = sa.text("SELECT count(*) FROM worker WHERE state = 'alive'")
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with engine.connect() as conn:
-            alive = conn.execute(sql).scalar()
-        if alive is not None and alive >= count:
-            return
-        if time.monotonic() > deadline:
-            raise HarnessError(f"only {alive} of {count} workers registered in {timeout_s:.0f}s")
-        time.sleep(_POLL_S)
+    _wait_for_count(engine, sql, {}, count, timeout_s, "workers registered")
 
 
 def _trigger(engine: sa.Engine, dag_ids: list[str]) -> None:

@@ -64,16 +64,22 @@ _PROGRESS_SQL = sa.text(
 )
 
 
-def cpu_ticks(pid: int) -> int | None:
-    """utime + stime + cutime + cstime of one process from /proc/<pid>/stat (clock ticks)."""
+def _stat_fields(pid: int | str) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat after the command name (which may hold spaces and
+    parentheses: they start after the last ')'), or None for a process that is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f"/proc/{pid}/stat", "rb") as f:
             text = f.read()
     except OSError:
         return None
-    # the command name may hold spaces and parentheses: fields start after the last ')'
-    rest = text[text.rindex(")") + 2 :].split()
-    return sum(int(v) for v in rest[11:15])
+    cut = text.rfind(b")")
+    return text[cut + 2 :].split() if cut >= 0 else None
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """utime + stime + cutime + cstime of one process from /proc/<pid>/stat (clock ticks)."""
+    fields = _stat_fields(pid)
+    return None if fields is None else sum(int(v) for v in fields[11:15])
 
 
 def peak_rss_kb(pid: int) -> int | None:
@@ -94,17 +100,9 @@ def children_map() -> dict[int, list[int]]:
     and per measured process that was most of the harness's own CPU during a run."""
     kids: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                text = f.read()
-            # the command name may hold spaces and parentheses: fields start after the last ')'
-            ppid = int(text[text.rindex(b")") + 2 :].split(maxsplit=2)[1])
-        except (OSError, ValueError, IndexError):  # gone (or going) since the listing
-            continue
-        if ppid:
-            kids.setdefault(ppid, []).append(int(entry))
+        fields = _stat_fields(entry) if entry.isdigit() else None
+        if fields is not None and len(fields) > 1 and int(fields[1]):  # ppid, 0 for none
+            kids.setdefault(int(fields[1]), []).append(int(entry))
     return kids
 
 

@@ -23,12 +23,13 @@ from tradewind_cluster.observability.tracing import configure_tracing, shutdown_
 from tradewind_cluster.rpc.security import RpcSecurity
 from tradewind_cluster.rpc.server import RpcOptions, RpcServer
 from tradewind_cluster.scheduler.dispatching import DispatchRequest, DispatchResult
-from tradewind_cluster.scheduler.execute_requests import task_from_json, task_to_json
+from tradewind_cluster.scheduler.execute_requests import task_to_json
 from tradewind_cluster.scheduler.grpc_dispatch import GrpcDispatcher, GrpcDispatchOptions
 from tradewind_cluster.store import workers as store_workers
 from tradewind_cluster.store.attempts import mark_dispatched
 from tradewind_cluster.store.database import Database
 from tradewind_cluster.store.queueing import QueuedAttempt, queue_pool
+from tradewind_cluster.worker.runtime import decode_task
 from tradewind_proto.v1 import worker_pb2, worker_pb2_grpc
 
 pytestmark = pytest.mark.cluster
@@ -246,7 +247,7 @@ def test_the_execute_request_carries_everything_the_worker_needs(
         "abc123",
         120.0,
     )
-    assert task_from_json(sent.task_json) == SPEC.tasks["t0"]
+    assert decode_task(sent.task_json, "t0") == SPEC.tasks["t0"]
     assert json.loads(sent.context_json) == {"run_id": "r", "conf": {"x": 1}}
     assert fake.metadata[0]["authorization"] == f"Bearer {TOKEN}"
     [span] = exporter.get_finished_spans()
@@ -265,8 +266,8 @@ def test_task_json_round_trips_every_field() -> None:
         template_fields=("op_args",),
         fields={"op_args": [1, "two"]},
     )
-    assert task_from_json(task_to_json(task)) == task
-    assert task_to_json(task) == task_to_json(task_from_json(task_to_json(task)))
+    assert decode_task(task_to_json(task), task.task_id) == task
+    assert task_to_json(task) == task_to_json(decode_task(task_to_json(task), task.task_id))
 
 
 def test_attempts_go_to_workers_serving_their_queue(

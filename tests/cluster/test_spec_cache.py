@@ -11,9 +11,10 @@ import pytest
 
 from tests.support.dags import register
 from tradewind.dag import DAG
-from tradewind_cluster.scheduler.execute_requests import task_from_json, task_to_json
+from tradewind_cluster.scheduler.execute_requests import task_to_json
 from tradewind_cluster.scheduler.specs import SpecCache
 from tradewind_cluster.store.database import Database
+from tradewind_cluster.worker.runtime import decode_task
 
 pytestmark = pytest.mark.store
 EXAMPLES = [
@@ -49,7 +50,7 @@ def test_task_json_from_the_stored_spec_is_the_encoded_task(
         for task_id, task in spec.tasks.items():
             stored = cached.task_json(task_id)
             assert stored == task_to_json(task)
-            assert task_from_json(stored) == task
+            assert decode_task(stored, task.task_id) == task
         assert cached.task_json("no-such-task") is None
 
 
@@ -89,7 +90,7 @@ def test_an_entry_keeps_one_version_while_the_cache_moves_on(database: Database)
     assert new.spec_hash != old.spec_hash
     assert "echo one" in (old.task_json("t") or "")
     assert old.spec.tasks["t"].execution_timeout is None
-    assert task_from_json(old.task_json("t") or "") == old.spec.tasks["t"]
+    assert decode_task(old.task_json("t") or "", "t") == old.spec.tasks["t"]
     assert "echo two" in (new.task_json("t") or "")
-    assert task_from_json(new.task_json("t") or "") == new.spec.tasks["t"]
+    assert decode_task(new.task_json("t") or "", "t") == new.spec.tasks["t"]
     assert database.read(lambda c: cache.entries(c, ["pinned"]))["pinned"] is new

@@ -176,7 +176,8 @@ def test_undispatched_attempts_are_queued_ones_no_worker_took(database: Database
     database.transaction(lambda conn: record_start(conn, c.ti_id, c.token, worker_id="w1", now=NOW))
     refs = [(q.ti_id, q.token) for q in (a, b, c)] + [(b.ti_id, b.token + 1)]
     assert database.read(lambda conn: workers.undispatched(conn, refs)) == {(b.ti_id, b.token)}
-    assert database.read(lambda conn: workers.undispatched_by_queue(conn)) == {"spark": 1}
+    board = database.read(lambda c: workers.read_board(c, [], max_age_s=5, with_pending=True))
+    assert board.pending == {"spark": 1}  # attempts waiting for a worker, per queue
 
 
 @pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "plain"])

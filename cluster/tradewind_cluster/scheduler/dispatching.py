@@ -105,9 +105,9 @@ class DispatchStep:
         self._pending = todo  # until this pass has stored the workers' answers
         now = now or self.ctx.clock()
         queued = list(todo.values())
-        requests = (None if retried else self._requests_from_queueing(queued)) or self.ctx.db.read(
-            lambda c: self._requests(c, queued, recheck=retried)
-        )
+        requests = [] if retried else self._requests_from_queueing(queued)
+        if not requests:  # something the queueing statement did not give: read the store
+            requests = self.ctx.db.read(lambda c: self._requests(c, queued, recheck=retried))
         results = self.dispatcher.dispatch(requests) if requests else []
         accepted_at = self.ctx.clock()
         if all(r.worker_id is not None for r in results):
@@ -136,20 +136,20 @@ class DispatchStep:
         """The requests of attempts the critical section just queued, built from what its
         statement returned (run and spec version) and the spec cache, with no statement of
         their own; [] when something is missing (the caller reads the store instead)."""
-        hashes: dict[str, str] = {}
+        facts: list[tuple[QueuedAttempt, RunFacts, str]] = []
         for q in queued:
             if q.run is None or q.run.spec_hash is None:
                 return []
-            hashes[q.dag_id] = q.run.spec_hash
-        dags = self.ctx.specs.cached(hashes)
+            facts.append((q, q.run, q.run.spec_hash))
+        dags = self.ctx.specs.cached({q.dag_id: spec_hash for q, _, spec_hash in facts})
         if dags is None:
             return []
         out: list[DispatchRequest] = []
-        for q in queued:
+        for q, run, _ in facts:
             cached = dags[q.dag_id]
-            if q.run is None or q.task_id not in cached.spec.tasks:
+            if q.task_id not in cached.spec.tasks:
                 return []  # a version without the task: the read path skips it and says so
-            out.append(self._request(q, cached, q.run))
+            out.append(self._request(q, cached, run))
         return out
 
     @staticmethod

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from tradewind.serialization import spec_from_dict, spec_to_dict
+from tradewind.serialization import spec_to_dict
 from tradewind.spec import DagSpec, ScheduleKind, ScheduleSpec, TaskSpec
 from tradewind_cluster.scheduler.dispatching import DispatchRequest
 from tradewind_cluster.scheduler.specs import canonical_task_json
 from tradewind_proto.v1 import common_pb2, worker_pb2
 
-__all__ = ["build_execute_request", "task_from_json", "task_to_json"]
+__all__ = ["build_execute_request", "task_to_json"]
 
 # A DagSpec shell around one task: the TaskSpec JSON is exactly what the DagSpec codec writes
 # for that task, so it stays in step with spec_codec without reaching into its internals.
@@ -23,22 +23,10 @@ _SHELL = DagSpec(
 
 def task_to_json(task: TaskSpec) -> str:
     """One TaskSpec as canonical JSON (the DagSpec codec's form of a task) for task_json, when
-    the spec cache has not got it already (SpecCache.task_json)."""
+    the spec cache has not got it already (CachedDag.task_json). The worker reads it back with
+    worker.runtime.decode_task."""
     data = spec_to_dict(replace(_SHELL, tasks={task.task_id: task}))["dag"]["tasks"][0]
     return canonical_task_json(data)
-
-
-def task_from_json(text: str | bytes) -> TaskSpec:
-    """Read task_to_json's output; SerializationError says what is wrong with it."""
-    from tradewind.errors import SerializationError
-
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise SerializationError(f"task_json is not valid JSON: {exc}") from None
-    shell = spec_to_dict(_SHELL)
-    shell["dag"]["tasks"] = [data]
-    return next(iter(spec_from_dict(shell).tasks.values()))
 
 
 def build_execute_request(

@@ -62,9 +62,7 @@ class SpecCache:
     def for_hashes(self, conn: Connection, hashes: Mapping[str, str]) -> dict[str, CachedDag]:
         """The version of each DAG with the given current spec hash (read by the caller along
         with something else); only a DAG whose hash changed is read and decoded again."""
-        with self._lock:
-            known = {d: self._entries.get(d) for d in hashes}
-        stale = [d for d, h in hashes.items() if (e := known[d]) is None or e.spec_hash != h]
+        known, stale = self._lookup(hashes)
         if stale:
             rows = spec_payloads(conn, stale)
             fresh = {
@@ -79,11 +77,16 @@ class SpecCache:
     def cached(self, hashes: Mapping[str, str]) -> dict[str, CachedDag] | None:
         """The version of each DAG with the given spec hash when every one is in the cache
         already (no statement needed), else None."""
+        known, stale = self._lookup(hashes)
+        return None if stale else {d: e for d, e in known.items() if e is not None}
+
+    def _lookup(self, hashes: Mapping[str, str]) -> tuple[dict[str, CachedDag | None], list[str]]:
+        """The cached entry of each DAG, and the DAGs whose entry is missing or of another
+        version."""
         with self._lock:
-            found = {d: self._entries.get(d) for d in hashes}
-        if any(e is None or e.spec_hash != hashes[d] for d, e in found.items()):
-            return None
-        return {d: e for d, e in found.items() if e is not None}
+            known = {d: self._entries.get(d) for d in hashes}
+        stale = [d for d, h in hashes.items() if (e := known[d]) is None or e.spec_hash != h]
+        return known, stale
 
     def get_many(self, conn: Connection, dag_ids: Sequence[str]) -> dict[str, DagSpec]:
         """The current spec of each DAG that has one (DAGs never parsed are left out)."""

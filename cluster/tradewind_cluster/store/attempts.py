@@ -352,8 +352,10 @@ def record_finish(
 # still excludes the examiner's FOR UPDATE but not the KEY SHARE of foreign-key checks),
 # compare-and-set on (token, state), the attempt's history, the run's next examination and the
 # XComs the try returned. A single statement is atomic on its own: no BEGIN / COMMIT needed.
-_ENDED = sa.text(
-    """
+_ENDED = PreparedStatement(
+    "tw_report_ended",
+    sa.text(
+        """
     WITH cur AS (
         SELECT ti.id, ti.run_pk, ti.run_id, ti.token, ti.state, ti.dag_id, ti.task_id,
                ti.try_number, ti.max_tries, ti.operator, ti.queue, ti.queued_at, ti.start_date
@@ -400,10 +402,7 @@ _ENDED = sa.text(
     SELECT cur.*, go.starts, (SELECT count(*) FROM changed) AS changed
     FROM cur LEFT JOIN go ON true
     """
-)
-_ENDED_PREPARED = PreparedStatement(
-    "tw_report_ended",
-    _ENDED,
+    ),
     {
         "ti_id": "bigint",
         "token": "bigint",
@@ -449,7 +448,7 @@ def record_ended(
         raise ValueError("record_ended takes decisions without a retry; use record_finish")
     state = decision.to_state
     kept = dict(returned or ()) if state is _TI.SUCCESS else {}
-    row = _ENDED_PREPARED.execute(
+    row = _ENDED.execute(
         conn,
         {
             "ti_id": ti_id,

@@ -15,31 +15,21 @@ from tradewind_cluster.store.snapshots import DagRow
 __all__ = ["any_due_dags", "claim_due_dags", "clear_check_runs", "next_due_at", "set_paused"]
 
 
-# A DAG with a run due at :now, or with queued runs waiting to start.
+# A DAG with a run due at :now, or with queued runs waiting to start: the probe and the claim
+# test the same predicate.
 _DUE = (
-    (
-        dag.c.next_dagrun_create_after
-        <= sa.bindparam("now", type_=dag.c.next_dagrun_create_after.type)
-    )
-    & dag.c.is_active
-    & ~dag.c.is_paused
-) | (dag.c.check_runs & dag.c.is_active)
-# Run on every loop pass: prepared (see store/prepared.py). Same predicate as _DUE.
+    "(next_dagrun_create_after <= :now AND is_active AND NOT is_paused)"
+    " OR (check_runs AND is_active)"
+)
+# Run on every loop pass: prepared (see store/prepared.py).
 _ANY_DUE = PreparedStatement(
     "tw_any_due_dags",
-    sa.text(
-        """
-        SELECT EXISTS (
-            SELECT 1 FROM dag
-            WHERE (next_dagrun_create_after <= :now AND is_active AND NOT is_paused)
-               OR (check_runs AND is_active))
-        """
-    ),
+    sa.text(f"SELECT EXISTS (SELECT 1 FROM dag WHERE {_DUE})"),
     {"now": "timestamptz"},
 )
 _CLAIM = (
     sa.select(dag)
-    .where(_DUE)
+    .where(sa.text(_DUE).bindparams(sa.bindparam("now", type_=dag.c.next_dagrun_create_after.type)))
     .order_by(dag.c.next_dagrun_create_after.asc().nulls_last())
     .limit(sa.bindparam("limit", type_=sa.Integer))
     .with_for_update(of=dag, skip_locked=True)

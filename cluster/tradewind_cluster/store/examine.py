@@ -59,36 +59,36 @@ class Claimed:
 
 
 _RUN_COLUMNS = tuple(c.name for c in dag_run.c)
-_CLAIM = sa.text(
-    f"""
+_CLAIM = PreparedStatement(
+    "tw_examine_claim",
+    sa.text(
+        f"""
     SELECT {", ".join(_RUN_COLUMNS)} FROM dag_run
     WHERE state = 'running' AND examine_after <= :now
     ORDER BY examine_after
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
     """
+    ),
+    {"now": "timestamptz", "limit": "integer"},
 )
 # Read by a statement of its own, after the claim: a statement's snapshot is taken when it
 # starts, before its locks are granted, so task instances read in the claiming statement could
 # miss a report committed in between (the run row itself is re-read at its newest, the task
 # instances are not). The pass would decide on that stale view and re-arm the run for the 30 s
 # recheck over the report's "examine now": a fan-out's join waited 28 s that way in a bench run.
-_HASHES_AND_TIS = sa.text(
-    f"""
+_HASHES_AND_TIS = PreparedStatement(
+    "tw_examine_read",
+    sa.text(
+        f"""
     SELECT r.id, r.dag_id, sd.spec_hash, {", ".join(f"ti.{c}" for c in TI_ROW_COLUMNS)}
     FROM dag_run AS r
     LEFT JOIN serialized_dag AS sd ON sd.dag_id = r.dag_id
     LEFT JOIN task_instance AS ti ON ti.run_pk = r.id
     WHERE r.id = ANY(CAST(:pks AS bigint[]))
     """
-)
-
-
-_CLAIM_PREPARED = PreparedStatement(
-    "tw_examine_claim", _CLAIM, {"now": "timestamptz", "limit": "integer"}
-)
-_HASHES_AND_TIS_PREPARED = PreparedStatement(
-    "tw_examine_read", _HASHES_AND_TIS, {"pks": "bigint[]"}
+    ),
+    {"pks": "bigint[]"},
 )
 
 
@@ -97,12 +97,12 @@ def claim_runs_with_tis(conn: Connection, *, now: datetime, limit: int) -> Claim
     their DAGs' spec hashes and their task instances (one statement, under the locks)."""
     runs = [
         to_run_row(dict(zip(_RUN_COLUMNS, row, strict=True)))
-        for row in _CLAIM_PREPARED.execute(conn, {"now": now, "limit": limit})
+        for row in _CLAIM.execute(conn, {"now": now, "limit": limit})
     ]
     hashes: dict[str, str] = {}
     tis: dict[int, list[TaskInstanceRow]] = defaultdict(list)
     if runs:
-        for row in _HASHES_AND_TIS_PREPARED.execute(conn, {"pks": [r.id for r in runs]}):
+        for row in _HASHES_AND_TIS.execute(conn, {"pks": [r.id for r in runs]}):
             if row[2] is not None:
                 hashes[row[1]] = row[2]
             if row[3] is not None:  # a run with no task instance yet has one row of NULLs
@@ -225,8 +225,10 @@ def _deadline(run: RunRow, spec: DagSpec, now: datetime) -> datetime:
     return deadline
 
 
-_REARM = sa.text(
-    """
+_REARM = PreparedStatement(
+    "tw_examine_rearm",
+    sa.text(
+        """
     UPDATE dag_run SET
         examine_after = greatest(
             least(
@@ -240,12 +242,7 @@ _REARM = sa.text(
     FROM unnest(CAST(:ids AS bigint[]), CAST(:deadlines AS timestamptz[])) AS d(id, deadline)
     WHERE dag_run.id = d.id AND dag_run.state = 'running'
     """
-)
-
-
-_REARM_PREPARED = PreparedStatement(
-    "tw_examine_rearm",
-    _REARM,
+    ),
     {"ids": "bigint[]", "deadlines": "timestamptz[]", "now": "timestamptz"},
 )
 
@@ -255,7 +252,7 @@ def _rearm(conn: Connection, runs: Sequence[tuple[int, datetime]], now: datetime
     timeout, at the latest the safety recheck), in one statement; finished tasks re-arm a run
     to now through their own reports."""
     if runs:
-        _REARM_PREPARED.execute(
+        _REARM.execute(
             conn, {"ids": [r for r, _ in runs], "deadlines": [d for _, d in runs], "now": now}
         )
 

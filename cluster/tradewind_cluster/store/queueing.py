@@ -178,8 +178,10 @@ def _lock_candidates(conn: Connection, pool_name: str, limit: int) -> list[Candi
 # last): the pool row (FOR UPDATE SKIP LOCKED), then, only when this replica got it, a
 # try-lock per candidate DAG and, with a cluster-wide parallelism, the advisory lock its count
 # and update need. A CTE referenced twice runs once, so the pool row is locked once.
-_LOCKS = sa.text(
-    """
+_LOCKS = PreparedStatement(
+    "tw_queue_locks",
+    sa.text(
+        """
     WITH p AS (SELECT slots FROM pool WHERE name = :pool FOR UPDATE SKIP LOCKED)
     SELECT
         EXISTS (SELECT 1 FROM pool WHERE name = :pool) AS pool_exists,
@@ -192,13 +194,24 @@ _LOCKS = sa.text(
         CASE WHEN :parallelism AND EXISTS (SELECT 1 FROM p)
              THEN pg_advisory_xact_lock(:pa, :pb) IS NOT NULL END AS parallelism_locked
     """
+    ),
+    {
+        "pool": "text",
+        "dags": "text[]",
+        "space": "integer",
+        "parallelism": "boolean",
+        "pa": "integer",
+        "pb": "integer",
+    },
 )
 
 # What the decision needs, counted after every lock above is held (its own statement, so its
 # snapshot includes whatever the previous holder committed): the pool's occupied slots, active
 # task instances per candidate DAG and per limited task, and with a parallelism all of them.
-_COUNTS = sa.text(
-    """
+_COUNTS = PreparedStatement(
+    "tw_queue_counts",
+    sa.text(
+        """
     SELECT
         (SELECT coalesce(sum(pool_slots), 0) FROM task_instance
          WHERE pool = :pool AND state IN ('queued', 'running')) AS occupied,
@@ -215,24 +228,7 @@ _COUNTS = sa.text(
         CASE WHEN :parallelism THEN (SELECT count(*) FROM task_instance
                                      WHERE state IN ('queued', 'running')) END AS active
     """
-)
-
-
-_LOCKS_PREPARED = PreparedStatement(
-    "tw_queue_locks",
-    _LOCKS,
-    {
-        "pool": "text",
-        "dags": "text[]",
-        "space": "integer",
-        "parallelism": "boolean",
-        "pa": "integer",
-        "pb": "integer",
-    },
-)
-_COUNTS_PREPARED = PreparedStatement(
-    "tw_queue_counts",
-    _COUNTS,
+    ),
     {
         "pool": "text",
         "dags": "text[]",
@@ -253,7 +249,7 @@ class _Locks:
 def _lock(
     conn: Connection, pool_name: str, dag_ids: Sequence[str], parallelism: int | None
 ) -> _Locks:
-    row = _LOCKS_PREPARED.execute(
+    row = _LOCKS.execute(
         conn,
         {
             "pool": pool_name,
@@ -277,7 +273,7 @@ def _capacity(
     queue_open: Mapping[str, int] | None,
 ) -> Capacity:
     limited = sorted({(c.dag_id, c.task_id) for c in cands if c.max_active_tis_per_dag})
-    row = _COUNTS_PREPARED.execute(
+    row = _COUNTS.execute(
         conn,
         {
             "pool": pool_name,
@@ -301,8 +297,10 @@ def _capacity(
     )
 
 
-_QUEUE = sa.text(
-    """
+_QUEUE = PreparedStatement(
+    "tw_queue_move",
+    sa.text(
+        """
     WITH moved AS (
         UPDATE task_instance SET
             state = 'queued', token = token + 1, queued_by = :member, queued_at = :now,
@@ -325,14 +323,13 @@ _QUEUE = sa.text(
     JOIN dag_run ON dag_run.id = moved.run_pk
     LEFT JOIN serialized_dag AS sd ON sd.dag_id = moved.dag_id
     """
-).columns(
-    logical_date=sa.DateTime(timezone=True),
-    scheduled_at=sa.DateTime(timezone=True),
-    data_interval_start=sa.DateTime(timezone=True),
-    data_interval_end=sa.DateTime(timezone=True),
-)
-_QUEUE_PREPARED = PreparedStatement(
-    "tw_queue_move", _QUEUE, {"member": "text", "now": "timestamptz", "ids": "bigint[]"}
+    ).columns(
+        logical_date=sa.DateTime(timezone=True),
+        scheduled_at=sa.DateTime(timezone=True),
+        data_interval_start=sa.DateTime(timezone=True),
+        data_interval_end=sa.DateTime(timezone=True),
+    ),
+    {"member": "text", "now": "timestamptz", "ids": "bigint[]"},
 )
 
 
@@ -342,7 +339,7 @@ def _queue(
     """scheduled → queued under a new token, with the attempt row, in one prebuilt statement."""
     if not admitted:
         return ()
-    rows = _QUEUE_PREPARED.execute(
+    rows = _QUEUE.execute(
         conn, {"ids": [c.ti_id for c in admitted], "member": member_id, "now": now}
     ).mappings()
     order = {c.ti_id: i for i, c in enumerate(admitted)}

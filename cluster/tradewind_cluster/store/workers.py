@@ -4,7 +4,6 @@ scope an attempt reported by a worker may act in (its task instance, under which
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +34,6 @@ __all__ = [
     "register_worker",
     "requeue_lost_dispatches",
     "undispatched",
-    "undispatched_by_queue",
 ]
 
 w = worker
@@ -114,7 +112,7 @@ _AGE = sa.func.extract("epoch", sa.func.clock_timestamp() - w.c.heartbeat_at).la
 )
 
 
-def _fresh(max_age_s: float) -> sa.ColumnElement[bool]:
+def _fresh(max_age_s: float | sa.BindParameter[Any]) -> sa.ColumnElement[bool]:
     cutoff = sa.func.clock_timestamp() - sa.func.make_interval(0, 0, 0, 0, 0, 0, max_age_s)
     return w.c.heartbeat_at > cutoff
 
@@ -236,23 +234,19 @@ def list_workers(
 _MAX_AGE = sa.bindparam("max_age_s", type_=sa.Float)
 _LIMIT = sa.bindparam("limit", type_=sa.Integer)
 _REFS: sa.BindParameter[Any] = sa.bindparam("refs", expanding=True)
-
-
-@functools.cache
-def _live_select() -> sa.Select[Any]:
-    ids = sa.func.array_remove(sa.func.array_agg(ti.c.id), None).label("assigned_ids")
-    tokens = sa.func.array_remove(sa.func.array_agg(ti.c.token), None).label("assigned_tokens")
-    fresh = w.c.heartbeat_at > sa.func.clock_timestamp() - sa.func.make_interval(
-        0, 0, 0, 0, 0, 0, _MAX_AGE
+_LIVE = (
+    sa.select(
+        w,
+        _AGE,
+        sa.func.array_remove(sa.func.array_agg(ti.c.id), None).label("assigned_ids"),
+        sa.func.array_remove(sa.func.array_agg(ti.c.token), None).label("assigned_tokens"),
     )
-    return (
-        sa.select(w, _AGE, ids, tokens)
-        .select_from(w.outerjoin(ti, sa.and_(ti.c.worker == w.c.id, ti.c.state.in_(_ACTIVE))))
-        .where(w.c.state == WorkerState.ALIVE.value, fresh)
-        .group_by(w.c.id)
-        .order_by(w.c.id)
-        .limit(_LIMIT)
-    )
+    .select_from(w.outerjoin(ti, sa.and_(ti.c.worker == w.c.id, ti.c.state.in_(_ACTIVE))))
+    .where(w.c.state == WorkerState.ALIVE.value, _fresh(_MAX_AGE))
+    .group_by(w.c.id)
+    .order_by(w.c.id)
+    .limit(_LIMIT)
+)
 
 
 def _live_row(r: sa.RowMapping) -> WorkerRow:
@@ -262,7 +256,7 @@ def _live_row(r: sa.RowMapping) -> WorkerRow:
 def live_workers(conn: Connection, *, max_age_s: float, limit: int = 1000) -> list[WorkerRow]:
     """Alive workers that heartbeated within max_age_s, each with the active attempts
     assigned to it (queued after dispatch, or running); one statement."""
-    rows = conn.execute(_live_select(), {"max_age_s": max_age_s, "limit": limit}).mappings()
+    rows = conn.execute(_LIVE, {"max_age_s": max_age_s, "limit": limit}).mappings()
     return [_live_row(r) for r in rows]
 
 
@@ -270,12 +264,6 @@ _UNDISPATCHED = sa.and_(
     sa.tuple_(ti.c.id, ti.c.token).in_(_REFS),
     ti.c.state == "queued",
     ti.c.worker.is_(None),
-)
-_BY_QUEUE = (
-    sa.select(ti.c.queue, sa.func.count().label("n"))
-    .where(ti.c.state == "queued", ti.c.worker.is_(None))
-    .group_by(ti.c.queue)
-    .limit(_LIMIT)
 )
 
 
@@ -287,11 +275,6 @@ def undispatched(conn: Connection, refs: Sequence[tuple[int, int]]) -> set[tuple
         sa.select(ti.c.id, ti.c.token).where(_UNDISPATCHED), {"refs": list(refs)}
     ).all()
     return {(r[0], r[1]) for r in rows}
-
-
-def undispatched_by_queue(conn: Connection, *, limit: int = 1000) -> dict[str, int]:
-    """Queued attempts not yet accepted by a worker, per queue (any replica's)."""
-    return {q: int(n) for q, n in conn.execute(_BY_QUEUE, {"limit": limit}).all()}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -306,11 +289,10 @@ class Board:
 
 
 # The board as one prepared statement: the attempts asked about come as two arrays (a fixed
-# shape, where an IN list of pairs would be a new statement for every length).
-# The board as one prepared statement: the attempts asked about come as two arrays (a fixed
 # shape, where an IN list of pairs would be a new statement for every length). Columns are
 # listed, not `*`: a prepared statement whose result columns change (a migration adding one
 # while older schedulers run) no longer executes.
+_MAX_QUEUES = 1000  # per-queue counts the board returns at most
 _WORKER_COLUMNS = tuple(c.name for c in worker.c)
 _LIVE_COLUMNS = (*_WORKER_COLUMNS, "heartbeat_age_s", "assigned_ids", "assigned_tokens")
 _BOARD = PreparedStatement(
@@ -370,7 +352,7 @@ def read_board(
     limit: int = 1000,
     with_pending: bool = False,
 ) -> Board:
-    """live_workers, undispatched(refs) and undispatched_by_queue in one statement: the
+    """live_workers, undispatched(refs) and the attempts waiting per queue in one statement: the
     dispatcher reads them after nearly every finished report, and each round trip of a loop
     pass waits for a CPU on a busy host. One row comes back even with no live worker."""
     params = {
@@ -379,7 +361,7 @@ def read_board(
         "ids": [ti_id for ti_id, _ in refs],
         "tokens": [token for _, token in refs],
         "with_pending": with_pending,
-        "queues": 1000,
+        "queues": _MAX_QUEUES,
     }
     rows = _BOARD.execute(conn, params).mappings().all()
     first = rows[0]
