@@ -197,6 +197,18 @@ def test_an_attempt_starts_and_succeeds_and_resent_reports_are_idempotent(cluste
     assert ti_state(cluster.db, a) == "success"
 
 
+def test_a_declined_handed_attempt_goes_back_to_scheduled(cluster: Cluster) -> None:
+    """Eager dispatch: a worker that cannot start an attempt a reply handed it says DECLINED;
+    the attempt is scheduled again (a stale decline changes nothing)."""
+    stub = cluster.stub()
+    a = queue_tasks(cluster.db, "a")["a"]
+    declined = report(stub, a, pb.ATTEMPT_EVENT_DECLINED, error="no free slot")
+    assert (declined.accepted, declined.reason) == (True, "declined")
+    assert ti_state(cluster.db, a) == "scheduled"
+    assert report(stub, a, pb.ATTEMPT_EVENT_DECLINED).accepted  # again: nothing to undo
+    assert ti_state(cluster.db, a) == "scheduled"
+
+
 def test_a_failure_with_a_branch_choice_is_recorded(cluster: Cluster) -> None:
     stub = cluster.stub()
     a = queue_tasks(cluster.db, "a")["a"]

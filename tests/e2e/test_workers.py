@@ -187,6 +187,40 @@ def test_queue_routing_and_xcom_across_two_workers(cluster: Cluster) -> None:
     )
 
 
+def test_a_chain_hops_by_eager_dispatch(cluster: Cluster) -> None:
+    """With scheduler.eager_dispatch on, each success report hands its worker the next task of
+    the chain: every task after the first is queued and dispatched by a report, in one statement
+    (so at the same instant), and the run ends as the usual path would end it."""
+    add_dag(
+        cluster,
+        "eager_chain",
+        """
+        from datetime import datetime
+        from tradewind import DAG
+        from tradewind.operators import BashOperator
+
+        with DAG("eager_chain", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+            ops = [BashOperator(task_id=f"t{i}", bash_command="true") for i in range(5)]
+            for up, down in zip(ops, ops[1:]):
+                up >> down
+    """,
+    )
+    env = {**cluster.env, "TRADEWIND__SCHEDULER__EAGER_DISPATCH": "true"}
+    s = start_scheduler(env, cluster.dir, "s1")
+    cluster.procs.append(s)
+    cluster.procs.append(start_worker(env, cluster.dir, "w1", f"127.0.0.1:{s.ports['grpc']}"))
+    cluster.trigger("eager_chain")
+    wait_until(
+        lambda: cluster.run_state("eager_chain") in ("success", "failed"), 60, "the run to finish"
+    )
+    rows = cluster.sql(
+        "SELECT task_id, state, queued_at = dispatched_at FROM task_attempt ORDER BY task_id"
+    )
+    assert cluster.run_state("eager_chain") == "success", rows
+    assert [(t, state) for t, state, _ in rows] == [(f"t{i}", "success") for i in range(5)]
+    assert [t for t, _, eager in rows if eager] == ["t1", "t2", "t3", "t4"], rows
+
+
 def test_worker_killed_mid_attempt_is_retried_on_another_worker(cluster: Cluster) -> None:
     ledger = cluster.dir / "ledger.jsonl"
     add_dag(cluster, "victim", LEDGER_TASK.format(ledger=str(ledger), dag_id="victim", seconds=30))

@@ -55,7 +55,7 @@ def _running(link: _Link, senders: int) -> Iterator[tuple[Reporter, _Link, list[
         link,  # type: ignore[arg-type]
         "w1",
         on_refused=lambda report, reason: None,
-        on_accepted=accepted.append,
+        on_accepted=lambda report, reply: accepted.append(report),
         call_timeout_s=1.0,
         max_backoff_s=0.02,
     )

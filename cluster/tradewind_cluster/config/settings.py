@@ -208,6 +208,11 @@ class SchedulerSettings(_Section):
     queued_max_requeues: Annotated[int, Field(ge=0)] = 3
     catchup_by_default: bool = True
     dispatch_retry_attempts: Count = 3
+    # A success report whose worker offers its slot gets the run's next ready task in the reply
+    # (store/eager.py): one statement per hop instead of a loop pass and a dispatch call. Off by
+    # default: it halves the latency of a lone chain, but under slot contention it steps aside
+    # and costs CPU (docs/performance.md).
+    eager_dispatch: bool = False
     # "workers": attempts go to `tradewind worker` agents over gRPC. "local": the replica runs
     # them itself on threads (one-machine development and tests; bash tasks only really run).
     executor: Literal["workers", "local"] = "workers"

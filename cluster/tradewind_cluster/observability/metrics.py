@@ -135,6 +135,12 @@ _TABLE = (
     _spec("scheduler.workers.alive", _G, "Worker agents whose heartbeat is fresh."),
     _spec("scheduler.tasks.dispatched", _C, "Attempts handed to a worker.", ("queue",)),
     _spec(
+        "scheduler.tasks.eager",
+        _C,
+        "Attempts handed to a worker in the reply to its success report (eager dispatch).",
+        ("queue",),
+    ),
+    _spec(
         "scheduler.dispatch.duration",
         _T,
         "Time of one dispatch RPC to a worker (an ExecuteBatch carries a pass's attempts for it).",

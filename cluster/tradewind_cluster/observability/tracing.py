@@ -54,6 +54,7 @@ __all__ = [
     "keyed_context",
     "record_span",
     "shutdown_tracing",
+    "spans_recorded",
     "start_root_span",
     "traceparent",
     "tracer",
@@ -242,6 +243,12 @@ def _current_tracer(name: str) -> Tracer:
             provider.get_tracer(name) if _RECORDS.get(provider, True) else _PropagateOnly(provider)
         )
     return found
+
+
+def spans_recorded() -> bool:
+    """Whether the scheduler steps' spans are recorded and exported (with tracing.exporter =
+    none they only carry their ids: nothing is worth storing about them)."""
+    return not isinstance(_current_tracer(_STEPS), _PropagateOnly)
 
 
 class _ActiveTracer(Tracer):

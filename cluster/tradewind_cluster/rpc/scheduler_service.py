@@ -24,14 +24,17 @@ from tradewind.scheduling.retries import AttemptOutcome
 from tradewind.states import TaskInstanceState
 from tradewind_cluster.config import Settings
 from tradewind_cluster.observability.tracing import extract_context, tracer
+from tradewind_cluster.scheduler.handover import handed_request
 from tradewind_cluster.scheduler.reports import ReportHandler
+from tradewind_cluster.store import attempts as store_attempts
+from tradewind_cluster.store import eager as store_eager
 from tradewind_cluster.store import task_logs, variables, workers
 from tradewind_cluster.store import xcom as store_xcom
 from tradewind_cluster.store.attempts import ReportResult
 from tradewind_cluster.store.database import Connection
 from tradewind_cluster.store.workers import AttemptScope
 from tradewind_cluster.xcom import BaseXComBackend, DatabaseXComBackend, XComRecord
-from tradewind_proto.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from tradewind_proto.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2
 
 __all__ = ["SchedulerService", "SchedulerServiceOptions"]
 
@@ -246,8 +249,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 result = self._started(ti_id, token, worker_id)
             elif request.event in _OUTCOMES:
                 result = self._finished(request, ti_id, token, worker_id)
+            elif request.event == _pb.ATTEMPT_EVENT_DECLINED:
+                result = self._declined(ti_id, token, worker_id, request.error)
             else:
                 result = ReportResult(accepted=False, reason=f"unknown attempt event {event}")
+        handed = self._next(result) if result.handed is not None else []
         if not result.accepted and not result.reason.startswith("stale token"):
             log.warning(
                 "refused %s report for attempt %s/%s from worker %s: %s",
@@ -258,7 +264,26 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 result.reason,
                 extra={"event": "report_refused", "attempt": f"{ti_id}/{token}"},
             )
-        return scheduler_pb2.AttemptReportReply(accepted=result.accepted, reason=result.reason)
+        return scheduler_pb2.AttemptReportReply(
+            accepted=result.accepted, reason=result.reason, next=handed
+        )
+
+    def _next(self, result: ReportResult) -> list[worker_pb2.ExecuteRequest]:
+        """The Execute request of the attempt a success report handed its worker. Should the
+        DAG's version be gone meanwhile, the attempt goes back to scheduled (the loop queues it
+        again) rather than wait for a worker that never hears of it."""
+        q = result.handed
+        assert q is not None
+        request = handed_request(self.ctx, q)
+        if request is not None:
+            return [request]
+        reason = "eager dispatch: the DAG changed before the reply"
+        now = self.ctx.clock()
+        self.db.transaction(
+            lambda c: store_attempts.requeue_attempt(c, q.ti_id, q.token, reason=reason, now=now)
+        )
+        self.reports.on_change()
+        return []
 
     def _started(self, ti_id: int, token: int, worker_id: str) -> ReportResult:
         result = self.reports.started(ti_id, token, worker_id=worker_id)
@@ -332,6 +357,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             on_applied=(
                 None if plain else functools.partial(self._keep_returned, ti_id, token, stored)
             ),
+            offer=(request.dag_id, request.task_id) if request.offers_slot else None,
         )
         if result.accepted:
             return result
@@ -342,8 +368,38 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             and scope.attempt_state == outcome.value
             and scope.worker == worker_id
         ):
+            if request.offers_slot:
+                self._requeue_handed(ti_id, token, worker_id)
             return ReportResult(accepted=True, reason="duplicate: already recorded")
         return result
+
+    def _declined(self, ti_id: int, token: int, worker_id: str, why: str) -> ReportResult:
+        """A worker did not start an attempt a reply handed it: back to scheduled, as after an
+        Execute it refused (accepted either way: nothing of it ran)."""
+        reason = f"dispatch failed: worker {worker_id} declined it ({why or 'no reason given'})"
+        now = self.ctx.clock()
+        if self.db.transaction(
+            lambda c: store_attempts.requeue_attempt(c, ti_id, token, reason=reason, now=now)
+        ):
+            self.metrics.incr("scheduler.tasks.requeued", reason="dispatch_failed")
+            self.reports.on_change()
+        return ReportResult(accepted=True, reason="declined")
+
+    def _requeue_handed(self, ti_id: int, token: int, worker_id: str) -> None:
+        """A success report sent again: the reply of its first delivery was lost, so what it
+        handed the worker never reached it. Back to scheduled, to be queued again."""
+        now = self.ctx.clock()
+
+        def requeue(conn: Connection) -> int:
+            lost = store_eager.handed_again(conn, ti_id, token, worker_id)
+            reason = "eager dispatch: the reply to the worker was lost"
+            for h_id, h_token in lost:
+                store_attempts.requeue_attempt(conn, h_id, h_token, reason=reason, now=now)
+            return len(lost)
+
+        if self.db.transaction(requeue):
+            self.metrics.incr("scheduler.tasks.requeued", reason="eager_reply_lost")
+            self.reports.on_change()
 
     # -- XCom, variables, logs ---------------------------------------------------------
     @_edge

@@ -38,6 +38,7 @@ class SchedulerOptions:
     dispatch_retry_attempts: int = 3
     parse_interval_s: float = 30.0
     worker_lost_after_s: float = 6.0  # worker lease + margin: silent longer means lost
+    eager_dispatch: bool = False  # a success report may hand its worker the next task
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SchedulerOptions:
@@ -57,6 +58,7 @@ class SchedulerOptions:
             dispatch_retry_attempts=s.dispatch_retry_attempts,
             parse_interval_s=s.parse_interval_s,
             worker_lost_after_s=settings.worker.lease_s + settings.worker.lease_margin_s,
+            eager_dispatch=s.eager_dispatch,
         )
 
 

@@ -20,7 +20,13 @@ from tradewind_cluster.store.database import Connection
 from tradewind_cluster.store.queueing import QueuedAttempt, RunFacts
 from tradewind_cluster.store.snapshots import RunRow
 
-__all__ = ["DispatchRequest", "DispatchResult", "DispatchStep", "Dispatcher"]
+__all__ = [
+    "DispatchRequest",
+    "DispatchResult",
+    "DispatchStep",
+    "Dispatcher",
+    "dispatch_request",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,21 @@ def _run_context(run: RunRow | RunFacts, q: QueuedAttempt, dag: DagSpec) -> dict
         "conf": dict(run.conf),
         "params": dict(dag.params),
     }
+
+
+def dispatch_request(
+    q: QueuedAttempt, cached: CachedDag, run: RunRow | RunFacts
+) -> DispatchRequest:
+    """The request of one attempt from its DAG's cached version (which has the task) and its
+    run."""
+    return DispatchRequest(
+        attempt=q,
+        task=cached.spec.tasks[q.task_id],
+        dag=cached.spec,
+        file_hash=cached.file_hash or "",
+        run_context=_run_context(run, q, cached.spec),
+        task_json=cached.task_json(q.task_id),
+    )
 
 
 class DispatchStep:
@@ -154,14 +175,7 @@ class DispatchStep:
 
     @staticmethod
     def _request(q: QueuedAttempt, cached: CachedDag, run: RunRow | RunFacts) -> DispatchRequest:
-        return DispatchRequest(
-            attempt=q,
-            task=cached.spec.tasks[q.task_id],
-            dag=cached.spec,
-            file_hash=cached.file_hash or "",
-            run_context=_run_context(run, q, cached.spec),
-            task_json=cached.task_json(q.task_id),
-        )
+        return dispatch_request(q, cached, run)
 
     def _requests(
         self,

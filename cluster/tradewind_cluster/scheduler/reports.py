@@ -13,6 +13,7 @@ from tradewind.spec import TaskKind, TaskSpec
 from tradewind.states import TaskInstanceState
 from tradewind_cluster.scheduler.context import SchedulerContext
 from tradewind_cluster.store import attempts as store_attempts
+from tradewind_cluster.store import eager as store_eager
 from tradewind_cluster.store import xcom as store_xcom
 from tradewind_cluster.store.attempts import AttemptStart, ReportResult
 from tradewind_cluster.store.database import Connection
@@ -32,6 +33,8 @@ class ReportHandler:
     def __init__(self, ctx: SchedulerContext, on_change: Callable[[], None] = lambda: None) -> None:
         self.ctx = ctx
         self.on_change = on_change  # wakes this replica's own loop at once
+        # eager plans by (spec hash, task id): computed once per DAG version and task
+        self._plans: dict[tuple[str, str], store_eager.EagerPlan | None] = {}
 
     def started(
         self, ti_id: int, token: int, *, worker_id: str, at: datetime | None = None
@@ -60,6 +63,7 @@ class ReportHandler:
         worker_id: str | None = None,
         on_applied: Callable[[Connection, ReportResult], object] | None = None,
         returned: Sequence[tuple[str, str]] | None = None,
+        offer: tuple[str, str] | None = None,
     ) -> ReportResult:
         """The attempt ended; the core decides success / skipped / retry / failed.
         `started_ago_s`: the try's STARTED was never sent (a short try) and its user code
@@ -67,7 +71,9 @@ class ReportHandler:
         the transaction once the report was accepted (the caller stores the values the try
         returned there, and clears the older ones of a try this report started). `returned`
         instead: the stored form of those values, kept by the store itself (database backend).
-        A success or skip without `on_applied` is one statement (store_attempts.record_ended)."""
+        A success or skip without `on_applied` is one statement (store_attempts.record_ended).
+        `offer`: (dag_id, task_id) of the try, from a worker that keeps its slot for the next
+        attempt: a success may hand it one (store/eager.py; `handed` in the result)."""
         now = at or self.ctx.clock()
         started_at = (
             None if started_ago_s is None else now - timedelta(seconds=max(0.0, started_ago_s))
@@ -77,6 +83,34 @@ class ReportHandler:
             raise ValueError("pass the returned values or on_applied, not both")
         if on_applied is None and outcome is not AttemptOutcome.FAILED:
             decision = decide_outcome(_PLACEHOLDER, outcome, 0, 0, now, self.ctx.rng.random)
+            eager = (
+                offer is not None
+                and worker_id is not None
+                and outcome is AttemptOutcome.SUCCESS
+                and followed is None
+                and self.ctx.options.eager_dispatch
+            )
+            plan = self._plan(*offer) if eager and offer is not None else None
+            if plan is not None and worker_id is not None:
+                member, offered_by = self.ctx.member_id, worker_id
+                result = self.ctx.db.statement(
+                    lambda c: store_eager.record_ended_eager(
+                        c,
+                        ti_id,
+                        token,
+                        plan=plan,
+                        member_id=member,
+                        outcome=outcome,
+                        decision=decision,
+                        now=now,
+                        worker_id=offered_by,
+                        exit_code=exit_code,
+                        error=error,
+                        started_at=started_at,
+                        returned=returned,
+                    )
+                )
+                return self._after_finish(result, started_at, now)
             result = self.ctx.db.statement(
                 lambda c: store_attempts.record_ended(
                     c,
@@ -128,12 +162,29 @@ class ReportHandler:
         """Count, wake the loop and emit the task metrics of an applied finish report."""
         self._count(result)
         if result.accepted:
-            self.on_change()
+            if result.rearmed:  # else its worker's slot went to the run's next task
+                self.on_change()
+            if result.handed is not None:
+                self.ctx.metrics.incr("scheduler.tasks.dispatched", queue=result.handed.queue)
+                self.ctx.metrics.incr("scheduler.tasks.eager", queue=result.handed.queue)
             if result.started and result.attempt is not None and started_at is not None:
                 self._emit_start(result.attempt, started_at)
             if result.attempt is not None and result.state is not None:
                 self._emit_finish(result.attempt, result.state, now)
         return result
+
+    def _plan(self, dag_id: str, task_id: str) -> store_eager.EagerPlan | None:
+        """The eager plan for a success of this task, from the cached version of its DAG (the
+        statement hands nothing over unless that version is still the stored one)."""
+        cached = self.ctx.specs.latest(dag_id)
+        if cached is None:
+            return None
+        key = (cached.spec_hash, task_id)
+        if key not in self._plans:
+            if len(self._plans) > 4096:
+                self._plans.clear()
+            self._plans[key] = store_eager.eager_plan(cached.spec, cached.spec_hash, task_id)
+        return self._plans[key]
 
     def heartbeat(
         self, refs: Sequence[tuple[int, int]], at: datetime | None = None

@@ -80,6 +80,11 @@ class SpecCache:
         known, stale = self._lookup(hashes)
         return None if stale else {d: e for d, e in known.items() if e is not None}
 
+    def latest(self, dag_id: str) -> CachedDag | None:
+        """Whatever version of the DAG the cache holds (the caller checks it is current)."""
+        with self._lock:
+            return self._entries.get(dag_id)
+
     def _lookup(self, hashes: Mapping[str, str]) -> tuple[dict[str, CachedDag | None], list[str]]:
         """The cached entry of each DAG, and the DAGs whose entry is missing or of another
         version."""

@@ -18,12 +18,17 @@ from sqlalchemy.engine import Connection, Row
 from tradewind.scheduling.retries import AttemptOutcome, OutcomeDecision
 from tradewind.states import TaskInstanceState
 from tradewind_cluster.store.prepared import PreparedStatement
+from tradewind_cluster.store.queueing import QueuedAttempt
 from tradewind_cluster.store.schema import task_attempt, task_instance
 
 __all__ = [
+    "ENDED_CTES",
+    "ENDED_TYPES",
     "AttemptStart",
     "Dispatched",
     "ReportResult",
+    "ended_params",
+    "ended_result",
     "heartbeat_attempts",
     "mark_dispatched",
     "mark_dispatched_many",
@@ -49,6 +54,10 @@ class ReportResult:
     attempt: AttemptStart | None = None  # the try it applied to (for the task metrics)
     run_id: str | None = None
     started: bool = False  # this report also started the try (its STARTED was never sent)
+    handed: QueuedAttempt | None = None  # the next attempt given to the reporting worker
+    # the loop has work from it: its run is due for examination, or eager dispatch scheduled
+    # a task instance it did not hand over
+    rearmed: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -352,13 +361,12 @@ def record_finish(
 # still excludes the examiner's FOR UPDATE but not the KEY SHARE of foreign-key checks),
 # compare-and-set on (token, state), the attempt's history, the run's next examination and the
 # XComs the try returned. A single statement is atomic on its own: no BEGIN / COMMIT needed.
-_ENDED = PreparedStatement(
-    "tw_report_ended",
-    sa.text(
-        """
+# The report's parts every variant shares (the eager one adds its own, store/eager.py):
+ENDED_CTES = """
     WITH cur AS (
         SELECT ti.id, ti.run_pk, ti.run_id, ti.token, ti.state, ti.dag_id, ti.task_id,
-               ti.try_number, ti.max_tries, ti.operator, ti.queue, ti.queued_at, ti.start_date
+               ti.try_number, ti.max_tries, ti.operator, ti.queue, ti.queued_at, ti.start_date,
+               ti.pool, ti.pool_slots, dag_run.state AS run_state
         FROM dag_run JOIN task_instance ti ON ti.run_pk = dag_run.id
         WHERE ti.id = :ti_id
         FOR NO KEY UPDATE OF dag_run, ti
@@ -385,9 +393,6 @@ _ENDED = PreparedStatement(
                               ELSE task_attempt.start_date END,
             worker = CASE WHEN go.starts THEN CAST(:worker AS text) ELSE task_attempt.worker END
         FROM go WHERE task_attempt.ti_id = go.id AND task_attempt.token = go.token
-    ), rearmed AS (
-        UPDATE dag_run SET examine_after = :now
-        FROM go WHERE dag_run.id = go.run_pk AND dag_run.state = 'running'
     ), gone AS (
         DELETE FROM xcom USING go
         WHERE :xcoms AND go.starts AND xcom.dag_id = go.dag_id AND xcom.run_id = go.run_id
@@ -398,29 +403,95 @@ _ENDED = PreparedStatement(
         FROM go, unnest(CAST(:keys AS text[]), CAST(:values AS text[])) AS v(key, value)
         ON CONFLICT (dag_id, run_id, task_id, key)
         DO UPDATE SET value = excluded.value, created_at = excluded.created_at
+    )"""
+ENDED_TYPES = {
+    "ti_id": "bigint",
+    "token": "bigint",
+    "can_start": "boolean",
+    "now": "timestamptz",
+    "state": "text",
+    "reason": "text",
+    "followed": "text",
+    "outcome": "text",
+    "exit_code": "integer",
+    "error": "text",
+    "worker": "text",
+    "started_at": "timestamptz",
+    "xcoms": "boolean",
+    "keys": "text[]",
+    "values": "text[]",
+}
+_ENDED = PreparedStatement(
+    "tw_report_ended",
+    sa.text(
+        ENDED_CTES
+        + """, rearmed AS (
+        UPDATE dag_run SET examine_after = :now
+        FROM go WHERE dag_run.id = go.run_pk AND dag_run.state = 'running'
     )
     SELECT cur.*, go.starts, (SELECT count(*) FROM changed) AS changed
     FROM cur LEFT JOIN go ON true
     """
     ),
-    {
-        "ti_id": "bigint",
-        "token": "bigint",
-        "can_start": "boolean",
-        "now": "timestamptz",
-        "state": "text",
-        "reason": "text",
-        "followed": "text",
-        "outcome": "text",
-        "exit_code": "integer",
-        "error": "text",
-        "worker": "text",
-        "started_at": "timestamptz",
-        "xcoms": "boolean",
-        "keys": "text[]",
-        "values": "text[]",
-    },
+    ENDED_TYPES,
 )
+
+
+def ended_params(
+    ti_id: int,
+    token: int,
+    *,
+    outcome: AttemptOutcome,
+    decision: OutcomeDecision,
+    now: datetime,
+    exit_code: int | None,
+    error: str | None,
+    followed: Sequence[str] | None,
+    started_at: datetime | None,
+    worker_id: str | None,
+    returned: Sequence[tuple[str, str]] | None,
+) -> dict[str, object]:
+    """The parameters of ENDED_CTES for a report (record_ended's arguments)."""
+    if decision.next_retry_at is not None:
+        raise ValueError("record_ended takes decisions without a retry; use record_finish")
+    state = decision.to_state
+    kept = dict(returned or ()) if state is _TI.SUCCESS else {}
+    return {
+        "ti_id": ti_id,
+        "token": token,
+        "can_start": started_at is not None,
+        "now": now,
+        "state": state.value,
+        "reason": decision.reason,
+        "followed": None if followed is None else json.dumps(list(followed)),
+        "outcome": outcome.value,
+        "exit_code": exit_code,
+        "error": error,
+        "worker": worker_id,
+        "started_at": started_at,
+        "xcoms": returned is not None,
+        "keys": list(kept),
+        "values": list(kept.values()),
+    }
+
+
+def ended_result(
+    row: Row[Any] | None, ti_id: int, token: int, state: TaskInstanceState,
+    started_at: datetime | None,
+) -> ReportResult:  # fmt: skip
+    """The ReportResult of an ENDED_CTES statement's row."""
+    if row is None:
+        return ReportResult(accepted=False, reason=f"unknown task instance {ti_id}")
+    if not row.changed:
+        return _refused(row.state, row.token, token)
+    return ReportResult(
+        accepted=True,
+        state=state,
+        run_pk=row.run_pk,
+        attempt=_ending_try(row, starts=bool(row.starts), started_at=started_at),
+        run_id=row.run_id,
+        started=bool(row.starts),
+    )
 
 
 def record_ended(
@@ -444,42 +515,13 @@ def record_ended(
     `returned`: the XComs a success returned, kept in the same statement (a try this report
     also starts first loses its older ones, as STARTED would clear them); None leaves XComs
     alone (a backend other than the database stores them itself)."""
-    if decision.next_retry_at is not None:
-        raise ValueError("record_ended takes decisions without a retry; use record_finish")
-    state = decision.to_state
-    kept = dict(returned or ()) if state is _TI.SUCCESS else {}
-    row = _ENDED.execute(
-        conn,
-        {
-            "ti_id": ti_id,
-            "token": token,
-            "can_start": started_at is not None,
-            "now": now,
-            "state": state.value,
-            "reason": decision.reason,
-            "followed": None if followed is None else json.dumps(list(followed)),
-            "outcome": outcome.value,
-            "exit_code": exit_code,
-            "error": error,
-            "worker": worker_id,
-            "started_at": started_at,
-            "xcoms": returned is not None,
-            "keys": list(kept),
-            "values": list(kept.values()),
-        },
-    ).first()
-    if row is None:
-        return ReportResult(accepted=False, reason=f"unknown task instance {ti_id}")
-    if not row.changed:
-        return _refused(row.state, row.token, token)
-    return ReportResult(
-        accepted=True,
-        state=state,
-        run_pk=row.run_pk,
-        attempt=_ending_try(row, starts=bool(row.starts), started_at=started_at),
-        run_id=row.run_id,
-        started=bool(row.starts),
-    )
+    params = ended_params(
+        ti_id, token, outcome=outcome, decision=decision, now=now, exit_code=exit_code,
+        error=error, followed=followed, started_at=started_at, worker_id=worker_id,
+        returned=returned,
+    )  # fmt: skip
+    row = _ENDED.execute(conn, params).first()
+    return ended_result(row, ti_id, token, decision.to_state, started_at)
 
 
 def heartbeat_attempts(

@@ -35,6 +35,7 @@ from tradewind_cluster.worker.options import WorkerOptions, worker_rpc_options
 from tradewind_cluster.worker.outcomes import PendingReport
 from tradewind_cluster.worker.reporter import Reporter
 from tradewind_cluster.worker.service import WorkerService
+from tradewind_proto.v1 import scheduler_pb2
 
 __all__ = ["WorkerAgent", "WorkerPorts"]
 
@@ -111,6 +112,7 @@ class WorkerAgent:
             submit_report=self.reporter.submit,
             on_finished=self._on_finished,
             metrics=self.metrics,
+            offers=lambda: self.refusal() is None,
         )
         identity = WorkerIdentity(
             worker_id=self.worker_id,
@@ -308,8 +310,10 @@ class WorkerAgent:
         except RetryableError as exc:
             log.warning("cannot reach the task process of %s: %s", report.ti_id, exc)
 
-    def _on_accepted(self, report: PendingReport) -> None:
+    def _on_accepted(self, report: PendingReport, reply: scheduler_pb2.AttemptReportReply) -> None:
         self._notify_started(report, {"started": True})
+        for request in reply.next:  # eager dispatch: the next attempt, for the slot offered
+            self.service.execute_handed(request)
 
     def _on_refused(self, report: PendingReport, reason: str) -> None:
         self._notify_started(report, {"started": False, "reason": reason})

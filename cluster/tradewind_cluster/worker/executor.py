@@ -23,7 +23,7 @@ from tradewind.errors import BadInputError, RetryableError
 from tradewind.spec import TaskKind
 from tradewind_cluster.observability.metrics import Metrics
 from tradewind_cluster.observability.tracing import traceparent
-from tradewind_cluster.worker.launch import ChildEvent, ChildResult, Launch, attempt_key
+from tradewind_cluster.worker.launch import ChildEvent, ChildResult, Launch, Outcome, attempt_key
 from tradewind_cluster.worker.logs import attempt_log_path
 from tradewind_cluster.worker.options import WorkerOptions
 from tradewind_cluster.worker.outcomes import PendingReport, final_report, started_report
@@ -144,8 +144,12 @@ class Executor:
         on_finished: Callable[[Attempt], None],
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        offers: Callable[[], bool] = lambda: False,
     ) -> None:
         self.options = options
+        # Eager dispatch: whether a success may offer its slot for the next attempt (the agent
+        # says no while draining or without a lease)
+        self._offers = offers
         self._spawner = spawner
         self._submit = submit_report
         self._on_finished = on_finished
@@ -314,6 +318,14 @@ class Executor:
             while len(self._recent) > _RECENT:
                 self._recent.popitem(last=False)
             self._idle.notify_all()
+            result = attempt.result
+            offer = (
+                attempt.report_final
+                and attempt.kill_kind is None
+                and result is not None
+                and result.outcome is Outcome.SUCCESS
+                and self._offers()
+            )
         if attempt.report_final:
             report = final_report(
                 ti_id=attempt.order.ti_id,
@@ -324,6 +336,9 @@ class Executor:
                 spawn_error=spawn_error,
                 started_at_unix=held or 0.0,
             )
+            if offer:
+                o = attempt.order
+                report = replace(report, offers_slot=True, dag_id=o.dag_id, task_id=o.task_id)
             self._submit(_traced(attempt, report))
         attempt.done.set()
         self._publish()

@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from tradewind_cluster.worker.launch import ChildResult, Outcome
 from tradewind_proto.v1 import common_pb2, scheduler_pb2
 
-__all__ = ["PendingReport", "describe_status", "final_report", "started_report"]
+__all__ = [
+    "PendingReport",
+    "declined_report",
+    "describe_status",
+    "final_report",
+    "started_report",
+]
 
 _EVENTS = {
     Outcome.SUCCESS: scheduler_pb2.ATTEMPT_EVENT_SUCCESS,
@@ -34,6 +40,10 @@ class PendingReport:
     xcoms: tuple[tuple[str, str], ...] = ()  # (key, JSON) returned, with a SUCCESS outcome
     started_at_unix: float = 0.0  # an outcome whose STARTED was never sent: when it started
     traceparent: str | None = None  # the attempt's task.execute span, sent as gRPC metadata
+    # Eager dispatch: a success whose slot the worker keeps for an attempt the reply may carry
+    offers_slot: bool = False
+    dag_id: str = ""
+    task_id: str = ""
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -58,7 +68,21 @@ class PendingReport:
             at_unix=self.at_unix,
             xcoms=[scheduler_pb2.XComEntry(key=k, value=v) for k, v in self.xcoms],
             started_at_unix=self.started_at_unix,
+            offers_slot=self.offers_slot,
+            dag_id=self.dag_id,
+            task_id=self.task_id,
         )
+
+
+def declined_report(ti_id: int, token: int, reason: str) -> PendingReport:
+    """The report of an attempt a reply handed this worker that it did not start."""
+    return PendingReport(
+        ti_id=ti_id,
+        token=token,
+        event=scheduler_pb2.ATTEMPT_EVENT_DECLINED,
+        error=reason,
+        at_unix=time.time(),
+    )
 
 
 def describe_status(status: int | None) -> str:

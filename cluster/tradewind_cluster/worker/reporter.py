@@ -17,6 +17,7 @@ from collections.abc import Callable
 from tradewind.errors import BadInputError, RetryableError
 from tradewind_cluster.worker.link import SchedulerLink
 from tradewind_cluster.worker.outcomes import PendingReport
+from tradewind_proto.v1 import scheduler_pb2
 
 __all__ = ["Reporter"]
 
@@ -32,7 +33,9 @@ class Reporter:
         worker_id: str,
         *,
         on_refused: Callable[[PendingReport, str], None],
-        on_accepted: Callable[[PendingReport], None] = lambda report: None,
+        on_accepted: Callable[
+            [PendingReport, scheduler_pb2.AttemptReportReply], None
+        ] = lambda report, reply: None,
         call_timeout_s: float,
         max_backoff_s: float = 2.0,
         rng: random.Random | None = None,
@@ -154,7 +157,7 @@ class Reporter:
             return True
         self._failures = 0
         if reply.accepted:
-            self._on_accepted(report)
+            self._on_accepted(report, reply)
         else:
             self._on_refused(report, reply.reason or "refused")
         return True

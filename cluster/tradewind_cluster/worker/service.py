@@ -16,6 +16,7 @@ from tradewind.spec import TaskKind
 from tradewind_cluster.observability.tracing import extract_context, inject_env, tracer
 from tradewind_cluster.worker.executor import Attempt, AttemptOrder, KillKind
 from tradewind_cluster.worker.logs import CHUNK_BYTES, read_chunks, utf8_complete
+from tradewind_cluster.worker.outcomes import declined_report
 from tradewind_cluster.worker.runtime import task_header
 from tradewind_proto.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
@@ -102,6 +103,19 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 "could not take attempt %s/%s", request.attempt.ti_id, request.attempt.token
             )
             return worker_pb2.ExecuteReply(accepted=False, reason=f"worker error: {exc}")
+
+    def execute_handed(self, request: worker_pb2.ExecuteRequest) -> None:
+        """An attempt a report's reply handed this worker (eager dispatch), run as Execute
+        would; one it does not start (its slot was taken meanwhile, the worker began to drain)
+        is declined, so the scheduler queues it again."""
+        try:
+            reply = self._execute(request, {})
+        except Exception as exc:
+            log.exception("could not take handed attempt %s", request.attempt.ti_id)
+            reply = worker_pb2.ExecuteReply(accepted=False, reason=f"worker error: {exc}")
+        if not reply.accepted:
+            ref = request.attempt
+            self.agent.reporter.submit(declined_report(ref.ti_id, ref.token, reply.reason))
 
     def _execute(
         self, request: worker_pb2.ExecuteRequest, carrier: dict[str, Any]

@@ -23,51 +23,52 @@ _sym_db = _symbol_database.Default()
 
 
 from tradewind_proto.v1 import common_pb2 as tradewind__proto_dot_v1_dot_common__pb2
+from tradewind_proto.v1 import worker_pb2 as tradewind__proto_dot_v1_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"tradewind_proto/v1/scheduler.proto\x12\x0ctradewind.v1\x1a\x1ftradewind_proto/v1/common.proto\"\xb6\x01\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0e\n\x06queues\x18\x05 \x03(\t\x12\r\n\x05slots\x18\x06 \x01(\x05\x12\x0f\n\x07version\x18\x07 \x01(\t\x12)\n\x07running\x18\x08 \x03(\x0b\x32\x18.tradewind.v1.AttemptRef\"\x86\x01\n\x13RegisterWorkerReply\x12\x14\n\x0cscheduler_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x0f\n\x07lease_s\x18\x03 \x01(\x01\x12*\n\x08unwanted\x18\x04 \x03(\x0b\x32\x18.tradewind.v1.AttemptRef\"|\n\x16WorkerHeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12)\n\x07running\x18\x02 \x03(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x12\n\nfree_slots\x18\x03 \x01(\x05\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\"Q\n\x14WorkerHeartbeatReply\x12*\n\x08unwanted\x18\x01 \x03(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\r\n\x05known\x18\x02 \x01(\x08\"\x94\x02\n\rAttemptReport\x12)\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12)\n\x05\x65vent\x18\x03 \x01(\x0e\x32\x1a.tradewind.v1.AttemptEvent\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x10\n\x08\x66ollowed\x18\x06 \x03(\t\x12\x14\n\x0chas_followed\x18\x07 \x01(\x08\x12\x0f\n\x07\x61t_unix\x18\x08 \x01(\x01\x12&\n\x05xcoms\x18\t \x03(\x0b\x32\x17.tradewind.v1.XComEntry\x12\x17\n\x0fstarted_at_unix\x18\n \x01(\x01\"\'\n\tXComEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"6\n\x12\x41ttemptReportReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"X\n\x0fXComPushRequest\x12)\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"1\n\rXComPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"{\n\x0fXComPullRequest\x12)\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x61g_id\x18\x05 \x01(\t\":\n\tXComValue\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\t\"8\n\rXComPullReply\x12\'\n\x06values\x18\x01 \x03(\x0b\x32\x17.tradewind.v1.XComValue\"I\n\x0fVariableRequest\x12)\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x0b\n\x03key\x18\x02 \x01(\t\"-\n\rVariableReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\t\"d\n\x08LogChunk\x12)\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x12\n\ntry_number\x18\x02 \x01(\x05\x12\x0b\n\x03seq\x18\x03 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\t\":\n\x10LogChunksRequest\x12&\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x16.tradewind.v1.LogChunk\" \n\x0eLogChunksReply\x12\x0e\n\x06stored\x18\x01 \x01(\x05*\x98\x01\n\x0c\x41ttemptEvent\x12\x1d\n\x19\x41TTEMPT_EVENT_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41TTEMPT_EVENT_STARTED\x10\x01\x12\x19\n\x15\x41TTEMPT_EVENT_SUCCESS\x10\x02\x12\x18\n\x14\x41TTEMPT_EVENT_FAILED\x10\x03\x12\x19\n\x15\x41TTEMPT_EVENT_SKIPPED\x10\x04\x32\xb1\x04\n\tScheduler\x12X\n\x0eRegisterWorker\x12#.tradewind.v1.RegisterWorkerRequest\x1a!.tradewind.v1.RegisterWorkerReply\x12U\n\tHeartbeat\x12$.tradewind.v1.WorkerHeartbeatRequest\x1a\".tradewind.v1.WorkerHeartbeatReply\x12N\n\rReportAttempt\x12\x1b.tradewind.v1.AttemptReport\x1a .tradewind.v1.AttemptReportReply\x12\x46\n\x08PushXCom\x12\x1d.tradewind.v1.XComPushRequest\x1a\x1b.tradewind.v1.XComPushReply\x12\x46\n\x08PullXCom\x12\x1d.tradewind.v1.XComPullRequest\x1a\x1b.tradewind.v1.XComPullReply\x12I\n\x0bGetVariable\x12\x1d.tradewind.v1.VariableRequest\x1a\x1b.tradewind.v1.VariableReply\x12H\n\x08ShipLogs\x12\x1e.tradewind.v1.LogChunksRequest\x1a\x1c.tradewind.v1.LogChunksReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"tradewind_proto/v1/scheduler.proto\x12\x0ctradewind.v1\x1a\x1ftradewind_proto/v1/common.proto\x1a\x1ftradewind_proto/v1/worker.proto\"\xb6\x01\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0e\n\x06queues\x18\x05 \x03(\t\x12\r\n\x05slots\x18\x06 \x01(\x05\x12\x0f\n\x07version\x18\x07 \x01(\t\x12)\n\x07running\x18\x08 \x03(\x0b\x32\x18.tradewind.v1.AttemptRef\"\x86\x01\n\x13RegisterWorkerReply\x12\x14\n\x0cscheduler_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x0f\n\x07lease_s\x18\x03 \x01(\x01\x12*\n\x08unwanted\x18\x04 \x03(\x0b\x32\x18.tradewind.v1.AttemptRef\"|\n\x16WorkerHeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12)\n\x07running\x18\x02 \x03(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x12\n\nfree_slots\x18\x03 \x01(\x05\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\"Q\n\x14WorkerHeartbeatReply\x12*\n\x08unwanted\x18\x01 \x03(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\r\n\x05known\x18\x02 \x01(\x08\"\xca\x02\n\rAttemptReport\x12)\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12)\n\x05\x65vent\x18\x03 \x01(\x0e\x32\x1a.tradewind.v1.AttemptEvent\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x10\n\x08\x66ollowed\x18\x06 \x03(\t\x12\x14\n\x0chas_followed\x18\x07 \x01(\x08\x12\x0f\n\x07\x61t_unix\x18\x08 \x01(\x01\x12&\n\x05xcoms\x18\t \x03(\x0b\x32\x17.tradewind.v1.XComEntry\x12\x17\n\x0fstarted_at_unix\x18\n \x01(\x01\x12\x13\n\x0boffers_slot\x18\x0b \x01(\x08\x12\x0e\n\x06\x64\x61g_id\x18\x0c \x01(\t\x12\x0f\n\x07task_id\x18\r \x01(\t\"\'\n\tXComEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"b\n\x12\x41ttemptReportReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12*\n\x04next\x18\x03 \x03(\x0b\x32\x1c.tradewind.v1.ExecuteRequest\"X\n\x0fXComPushRequest\x12)\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"1\n\rXComPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"{\n\x0fXComPullRequest\x12)\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x61g_id\x18\x05 \x01(\t\":\n\tXComValue\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\t\"8\n\rXComPullReply\x12\'\n\x06values\x18\x01 \x03(\x0b\x32\x17.tradewind.v1.XComValue\"I\n\x0fVariableRequest\x12)\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x0b\n\x03key\x18\x02 \x01(\t\"-\n\rVariableReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\t\"d\n\x08LogChunk\x12)\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x18.tradewind.v1.AttemptRef\x12\x12\n\ntry_number\x18\x02 \x01(\x05\x12\x0b\n\x03seq\x18\x03 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\t\":\n\x10LogChunksRequest\x12&\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x16.tradewind.v1.LogChunk\" \n\x0eLogChunksReply\x12\x0e\n\x06stored\x18\x01 \x01(\x05*\xb4\x01\n\x0c\x41ttemptEvent\x12\x1d\n\x19\x41TTEMPT_EVENT_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41TTEMPT_EVENT_STARTED\x10\x01\x12\x19\n\x15\x41TTEMPT_EVENT_SUCCESS\x10\x02\x12\x18\n\x14\x41TTEMPT_EVENT_FAILED\x10\x03\x12\x19\n\x15\x41TTEMPT_EVENT_SKIPPED\x10\x04\x12\x1a\n\x16\x41TTEMPT_EVENT_DECLINED\x10\x05\x32\xb1\x04\n\tScheduler\x12X\n\x0eRegisterWorker\x12#.tradewind.v1.RegisterWorkerRequest\x1a!.tradewind.v1.RegisterWorkerReply\x12U\n\tHeartbeat\x12$.tradewind.v1.WorkerHeartbeatRequest\x1a\".tradewind.v1.WorkerHeartbeatReply\x12N\n\rReportAttempt\x12\x1b.tradewind.v1.AttemptReport\x1a .tradewind.v1.AttemptReportReply\x12\x46\n\x08PushXCom\x12\x1d.tradewind.v1.XComPushRequest\x1a\x1b.tradewind.v1.XComPushReply\x12\x46\n\x08PullXCom\x12\x1d.tradewind.v1.XComPullRequest\x1a\x1b.tradewind.v1.XComPullReply\x12I\n\x0bGetVariable\x12\x1d.tradewind.v1.VariableRequest\x1a\x1b.tradewind.v1.VariableReply\x12H\n\x08ShipLogs\x12\x1e.tradewind.v1.LogChunksRequest\x1a\x1c.tradewind.v1.LogChunksReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tradewind_proto.v1.scheduler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ATTEMPTEVENT']._serialized_start=1695
-  _globals['_ATTEMPTEVENT']._serialized_end=1847
-  _globals['_REGISTERWORKERREQUEST']._serialized_start=86
-  _globals['_REGISTERWORKERREQUEST']._serialized_end=268
-  _globals['_REGISTERWORKERREPLY']._serialized_start=271
-  _globals['_REGISTERWORKERREPLY']._serialized_end=405
-  _globals['_WORKERHEARTBEATREQUEST']._serialized_start=407
-  _globals['_WORKERHEARTBEATREQUEST']._serialized_end=531
-  _globals['_WORKERHEARTBEATREPLY']._serialized_start=533
-  _globals['_WORKERHEARTBEATREPLY']._serialized_end=614
-  _globals['_ATTEMPTREPORT']._serialized_start=617
-  _globals['_ATTEMPTREPORT']._serialized_end=893
-  _globals['_XCOMENTRY']._serialized_start=895
-  _globals['_XCOMENTRY']._serialized_end=934
-  _globals['_ATTEMPTREPORTREPLY']._serialized_start=936
-  _globals['_ATTEMPTREPORTREPLY']._serialized_end=990
-  _globals['_XCOMPUSHREQUEST']._serialized_start=992
-  _globals['_XCOMPUSHREQUEST']._serialized_end=1080
-  _globals['_XCOMPUSHREPLY']._serialized_start=1082
-  _globals['_XCOMPUSHREPLY']._serialized_end=1131
-  _globals['_XCOMPULLREQUEST']._serialized_start=1133
-  _globals['_XCOMPULLREQUEST']._serialized_end=1256
-  _globals['_XCOMVALUE']._serialized_start=1258
-  _globals['_XCOMVALUE']._serialized_end=1316
-  _globals['_XCOMPULLREPLY']._serialized_start=1318
-  _globals['_XCOMPULLREPLY']._serialized_end=1374
-  _globals['_VARIABLEREQUEST']._serialized_start=1376
-  _globals['_VARIABLEREQUEST']._serialized_end=1449
-  _globals['_VARIABLEREPLY']._serialized_start=1451
-  _globals['_VARIABLEREPLY']._serialized_end=1496
-  _globals['_LOGCHUNK']._serialized_start=1498
-  _globals['_LOGCHUNK']._serialized_end=1598
-  _globals['_LOGCHUNKSREQUEST']._serialized_start=1600
-  _globals['_LOGCHUNKSREQUEST']._serialized_end=1658
-  _globals['_LOGCHUNKSREPLY']._serialized_start=1660
-  _globals['_LOGCHUNKSREPLY']._serialized_end=1692
-  _globals['_SCHEDULER']._serialized_start=1850
-  _globals['_SCHEDULER']._serialized_end=2411
+  _globals['_ATTEMPTEVENT']._serialized_start=1826
+  _globals['_ATTEMPTEVENT']._serialized_end=2006
+  _globals['_REGISTERWORKERREQUEST']._serialized_start=119
+  _globals['_REGISTERWORKERREQUEST']._serialized_end=301
+  _globals['_REGISTERWORKERREPLY']._serialized_start=304
+  _globals['_REGISTERWORKERREPLY']._serialized_end=438
+  _globals['_WORKERHEARTBEATREQUEST']._serialized_start=440
+  _globals['_WORKERHEARTBEATREQUEST']._serialized_end=564
+  _globals['_WORKERHEARTBEATREPLY']._serialized_start=566
+  _globals['_WORKERHEARTBEATREPLY']._serialized_end=647
+  _globals['_ATTEMPTREPORT']._serialized_start=650
+  _globals['_ATTEMPTREPORT']._serialized_end=980
+  _globals['_XCOMENTRY']._serialized_start=982
+  _globals['_XCOMENTRY']._serialized_end=1021
+  _globals['_ATTEMPTREPORTREPLY']._serialized_start=1023
+  _globals['_ATTEMPTREPORTREPLY']._serialized_end=1121
+  _globals['_XCOMPUSHREQUEST']._serialized_start=1123
+  _globals['_XCOMPUSHREQUEST']._serialized_end=1211
+  _globals['_XCOMPUSHREPLY']._serialized_start=1213
+  _globals['_XCOMPUSHREPLY']._serialized_end=1262
+  _globals['_XCOMPULLREQUEST']._serialized_start=1264
+  _globals['_XCOMPULLREQUEST']._serialized_end=1387
+  _globals['_XCOMVALUE']._serialized_start=1389
+  _globals['_XCOMVALUE']._serialized_end=1447
+  _globals['_XCOMPULLREPLY']._serialized_start=1449
+  _globals['_XCOMPULLREPLY']._serialized_end=1505
+  _globals['_VARIABLEREQUEST']._serialized_start=1507
+  _globals['_VARIABLEREQUEST']._serialized_end=1580
+  _globals['_VARIABLEREPLY']._serialized_start=1582
+  _globals['_VARIABLEREPLY']._serialized_end=1627
+  _globals['_LOGCHUNK']._serialized_start=1629
+  _globals['_LOGCHUNK']._serialized_end=1729
+  _globals['_LOGCHUNKSREQUEST']._serialized_start=1731
+  _globals['_LOGCHUNKSREQUEST']._serialized_end=1789
+  _globals['_LOGCHUNKSREPLY']._serialized_start=1791
+  _globals['_LOGCHUNKSREPLY']._serialized_end=1823
+  _globals['_SCHEDULER']._serialized_start=2009
+  _globals['_SCHEDULER']._serialized_end=2570
 # @@protoc_insertion_point(module_scope)

@@ -11,6 +11,7 @@ from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from tradewind_proto.v1 import common_pb2 as _common_pb2
+from tradewind_proto.v1 import worker_pb2 as _worker_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -33,6 +34,10 @@ class _AttemptEventEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AttemptE
     ATTEMPT_EVENT_SUCCESS: _AttemptEvent.ValueType  # 2
     ATTEMPT_EVENT_FAILED: _AttemptEvent.ValueType  # 3
     ATTEMPT_EVENT_SKIPPED: _AttemptEvent.ValueType  # 4
+    ATTEMPT_EVENT_DECLINED: _AttemptEvent.ValueType  # 5
+    """The worker did not start an attempt a reply handed it (eager dispatch): it goes back to
+    scheduled, as an Execute the worker refused would.
+    """
 
 class AttemptEvent(_AttemptEvent, metaclass=_AttemptEventEnumTypeWrapper): ...
 
@@ -41,6 +46,10 @@ ATTEMPT_EVENT_STARTED: AttemptEvent.ValueType  # 1
 ATTEMPT_EVENT_SUCCESS: AttemptEvent.ValueType  # 2
 ATTEMPT_EVENT_FAILED: AttemptEvent.ValueType  # 3
 ATTEMPT_EVENT_SKIPPED: AttemptEvent.ValueType  # 4
+ATTEMPT_EVENT_DECLINED: AttemptEvent.ValueType  # 5
+"""The worker did not start an attempt a reply handed it (eager dispatch): it goes back to
+scheduled, as an Execute the worker refused would.
+"""
 Global___AttemptEvent: _TypeAlias = AttemptEvent  # noqa: Y015
 
 @_typing.final
@@ -174,6 +183,9 @@ class AttemptReport(_message.Message):
     AT_UNIX_FIELD_NUMBER: _builtins.int
     XCOMS_FIELD_NUMBER: _builtins.int
     STARTED_AT_UNIX_FIELD_NUMBER: _builtins.int
+    OFFERS_SLOT_FIELD_NUMBER: _builtins.int
+    DAG_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     event: Global___AttemptEvent.ValueType
     exit_code: _builtins.int
@@ -185,6 +197,12 @@ class AttemptReport(_message.Message):
     start_report_delay_s): when user code started, by the worker's clock (at_unix is the end,
     by the same clock). The scheduler records the start and the outcome in one transaction.
     """
+    offers_slot: _builtins.bool
+    """Eager dispatch: with a SUCCESS outcome, the worker offers this attempt's slot and names the
+    try's task, so the scheduler may hand it the run's next ready task in the reply.
+    """
+    dag_id: _builtins.str
+    task_id: _builtins.str
     @_builtins.property
     def attempt(self) -> _common_pb2.AttemptRef: ...
     @_builtins.property
@@ -210,10 +228,13 @@ class AttemptReport(_message.Message):
         at_unix: _builtins.float = ...,
         xcoms: _abc.Iterable[Global___XComEntry] | None = ...,
         started_at_unix: _builtins.float = ...,
+        offers_slot: _builtins.bool = ...,
+        dag_id: _builtins.str = ...,
+        task_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix", b"at_unix", "attempt", b"attempt", "error", b"error", "event", b"event", "exit_code", b"exit_code", "followed", b"followed", "has_followed", b"has_followed", "started_at_unix", b"started_at_unix", "worker_id", b"worker_id", "xcoms", b"xcoms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix", b"at_unix", "attempt", b"attempt", "dag_id", b"dag_id", "error", b"error", "event", b"event", "exit_code", b"exit_code", "followed", b"followed", "has_followed", b"has_followed", "offers_slot", b"offers_slot", "started_at_unix", b"started_at_unix", "task_id", b"task_id", "worker_id", b"worker_id", "xcoms", b"xcoms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
 
 Global___AttemptReport: _TypeAlias = AttemptReport  # noqa: Y015
@@ -243,16 +264,24 @@ class AttemptReportReply(_message.Message):
 
     ACCEPTED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    NEXT_FIELD_NUMBER: _builtins.int
     accepted: _builtins.bool
     reason: _builtins.str
     """why a report was refused: "stale token", "unknown attempt", ..."""
+    @_builtins.property
+    def next(self) -> _containers.RepeatedCompositeFieldContainer[_worker_pb2.ExecuteRequest]:
+        """Eager dispatch: an attempt already queued for this worker and marked dispatched to it, for
+        the slot it offered; it runs it as if an Execute had brought it, or reports it DECLINED.
+        """
+
     def __init__(
         self,
         *,
         accepted: _builtins.bool = ...,
         reason: _builtins.str = ...,
+        next: _abc.Iterable[_worker_pb2.ExecuteRequest] | None = ...,
     ) -> None: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "next", b"next", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
 
 Global___AttemptReportReply: _TypeAlias = AttemptReportReply  # noqa: Y015
