@@ -199,13 +199,22 @@ def test_an_attempt_starts_and_succeeds_and_resent_reports_are_idempotent(cluste
 
 def test_a_declined_handed_attempt_goes_back_to_scheduled(cluster: Cluster) -> None:
     """Eager dispatch: a worker that cannot start an attempt a reply handed it says DECLINED;
-    the attempt is scheduled again (a stale decline changes nothing)."""
+    the attempt is scheduled again. Only the worker it was handed to may decline it."""
     stub = cluster.stub()
     a = queue_tasks(cluster.db, "a")["a"]
-    declined = report(stub, a, pb.ATTEMPT_EVENT_DECLINED, error="no free slot")
+    cluster.db.statement(  # as the report's statement hands it to w1
+        lambda c: c.execute(
+            sa.text("UPDATE task_instance SET worker = 'w1' WHERE id = :i"), {"i": a.ti_id}
+        )
+    )
+    other = report(stub, a, pb.ATTEMPT_EVENT_DECLINED, worker="w2")
+    assert (other.accepted, other.reason) == (False, "not an attempt handed to this worker")
+    assert ti_state(cluster.db, a) == "queued"
+    declined = report(stub, a, pb.ATTEMPT_EVENT_DECLINED, worker="w1", error="no free slot")
     assert (declined.accepted, declined.reason) == (True, "declined")
     assert ti_state(cluster.db, a) == "scheduled"
-    assert report(stub, a, pb.ATTEMPT_EVENT_DECLINED).accepted  # again: nothing to undo
+    again = report(stub, a, pb.ATTEMPT_EVENT_DECLINED, worker="w1")  # sent twice: nothing to undo
+    assert not again.accepted  # requeued: the worker is cleared, the attempt is no longer its
     assert ti_state(cluster.db, a) == "scheduled"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +19,7 @@ from tests.store.test_queueing import INVARIANTS
 from tests.support.factories import insert_dag, insert_run, insert_ti
 from tradewind.scheduling.admission import admit
 from tradewind.scheduling.retries import AttemptOutcome, decide_outcome
-from tradewind.spec import DagSpec, ScheduleKind, ScheduleSpec, TaskKind, TaskSpec
+from tradewind.spec import BranchKind, DagSpec, ScheduleKind, ScheduleSpec, TaskKind, TaskSpec
 from tradewind.trigger_rule import TriggerRule
 from tradewind_cluster.store.attempts import ReportResult, record_start
 from tradewind_cluster.store.database import Database
@@ -108,7 +109,9 @@ def setup(
     return q
 
 
-def succeed(database: Database, q: QueuedAttempt, plan: EagerPlan | None) -> ReportResult:
+def succeed(
+    database: Database, q: QueuedAttempt, plan: EagerPlan | None, parallelism: int | None = None
+) -> ReportResult:
     assert plan is not None
     decision = decide_outcome(
         task(q.task_id), AttemptOutcome.SUCCESS, 1, 1, ENDED, random.Random(1).random
@@ -120,6 +123,7 @@ def succeed(database: Database, q: QueuedAttempt, plan: EagerPlan | None) -> Rep
             q.token,
             plan=plan,
             member_id="m2",
+            parallelism=parallelism,
             outcome=AttemptOutcome.SUCCESS,
             decision=decision,
             now=ENDED,
@@ -266,6 +270,82 @@ def test_waiting_tasks_that_still_fit_do_not_hold_the_handover(database: Databas
     assert succeed(database, q, eager_plan(CHAIN, "h1", "a")).handed is not None
 
 
+def test_a_task_of_another_pool_waiting_for_the_queue_keeps_the_slot(database: Database) -> None:
+    q = setup(database, slots=1)
+
+    def other(conn: Connection) -> None:
+        conn.execute(sa.text("INSERT INTO pool (name, slots) VALUES ('p2', 5)"))
+        insert_ti(conn, insert_run(conn, "d", day=1), "a", state="scheduled", pool="p2")
+
+    database.transaction(other)
+    assert succeed(database, q, eager_plan(CHAIN, "h1", "a")).handed is None
+
+
+def test_waiting_tasks_are_counted_in_pool_slots(database: Database) -> None:
+    q = setup(database)
+
+    def other(conn: Connection) -> None:
+        conn.execute(sa.text("UPDATE pool SET slots = 3 WHERE name = 'default_pool'"))
+        run = insert_run(conn, "d", day=1)
+        insert_ti(conn, run, "a", state="running", worker="w1")  # 2 of 3 slots in use
+        insert_ti(conn, run, "b", state="scheduled", pool_slots=2)  # fits once a ends
+
+    database.transaction(other)
+    assert succeed(database, q, eager_plan(CHAIN, "h1", "a")).handed is None
+
+
+def test_a_task_instance_limited_per_dag_takes_the_usual_path(database: Database) -> None:
+    q = setup(database)  # the spec has no limit; the task instance row (what counts) has one
+    database.statement(
+        lambda c: c.execute(
+            sa.text("UPDATE task_instance SET max_active_tis_per_dag = 1 WHERE task_id = 'b'")
+        )
+    )
+    assert succeed(database, q, eager_plan(CHAIN, "h1", "a")).handed is None
+    assert states(database)["b"] == ("scheduled", None)
+
+
+def test_a_lowered_parallelism_is_kept(database: Database) -> None:
+    q = setup(database)
+    database.transaction(
+        lambda c: insert_ti(c, insert_run(c, "d", day=1), "a", state="running", worker="w1")
+    )
+    assert succeed(database, q, eager_plan(CHAIN, "h1", "a"), parallelism=1).handed is None
+
+
+def test_an_upstream_marked_failed_while_the_report_waited_is_seen(database: Database) -> None:
+    join = DagSpec(
+        dag_id="d",
+        fileloc="/dags/d.py",
+        schedule=_SCHEDULE,
+        tasks={
+            "a": task("a", down=("c",)),
+            "u": task("u", down=("c",)),
+            "c": task("c", up=("a", "u")),
+        },
+    )
+    q = setup(database, join)
+    database.statement(
+        lambda c: c.execute(
+            sa.text("UPDATE task_instance SET state = 'success' WHERE task_id = 'u'")
+        )
+    )
+    holder = database.engine.connect()
+    holder.execute(sa.text("SELECT 1 FROM dag_run FOR UPDATE"))  # as `tasks mark` locks the run
+    holder.execute(sa.text("UPDATE task_instance SET state = 'failed' WHERE task_id = 'u'"))
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(succeed, database, q, eager_plan(join, "h1", "a"))
+        time.sleep(0.3)  # the report waits for the run lock
+        assert not pending.done()
+        holder.commit()
+        holder.close()
+        result = pending.result(timeout=10)
+    assert result.accepted
+    assert result.handed is None
+    assert states(database)["c"] == ("none", None)
+    assert examine_after(database) == ENDED  # the examiner marks c upstream_failed
+
+
 def test_nothing_is_handed_into_another_pool_but_it_is_scheduled(database: Database) -> None:
     q = setup(database, pool={"b": "other"})
     result = succeed(database, q, eager_plan(CHAIN, "h1", "a"))
@@ -320,8 +400,20 @@ def test_tasks_that_need_the_usual_path_are_not_in_the_plan() -> None:
     assert edges(one(depends_on_past=True)) == ()
     assert edges(one(max_active_tis_per_dag=1)) == ()
     assert edges(one(kind=TaskKind.EMPTY)) == ()
-    assert edges(one(), "b") == ()  # a leaf: its slot may still go to a waiting task
+    assert edges(one(), "b") == ()  # a leaf: nothing to hand over
     assert eager_plan(one(), "h", "gone") is None
+    # another upstream task is a branch: whether c runs is the examiner's to decide
+    forked = DagSpec(
+        dag_id="d",
+        fileloc="/dags/d.py",
+        schedule=_SCHEDULE,
+        tasks={
+            "a": task("a", down=("c",)),
+            "x": task("x", down=("c",), branching=BranchKind.BRANCH),
+            "c": task("c", up=("a", "x")),
+        },
+    )
+    assert edges(forked) == ()
 
 
 def test_a_report_sent_again_finds_what_it_handed(database: Database) -> None:

@@ -253,7 +253,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 result = self._declined(ti_id, token, worker_id, request.error)
             else:
                 result = ReportResult(accepted=False, reason=f"unknown attempt event {event}")
-        handed = self._next(result) if result.handed is not None else []
+        handed = self._next_safely(result) if result.handed is not None else []
         if not result.accepted and not result.reason.startswith("stale token"):
             log.warning(
                 "refused %s report for attempt %s/%s from worker %s: %s",
@@ -268,19 +268,26 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             accepted=result.accepted, reason=result.reason, next=handed
         )
 
-    def _next(self, result: ReportResult) -> list[worker_pb2.ExecuteRequest]:
+    def _next_safely(self, result: ReportResult) -> list[worker_pb2.ExecuteRequest]:
         """The Execute request of the attempt a success report handed its worker. Should the
-        DAG's version be gone meanwhile, the attempt goes back to scheduled (the loop queues it
-        again) rather than wait for a worker that never hears of it."""
+        DAG's version be gone meanwhile, or the request fail to build, the attempt goes back to
+        scheduled (the loop queues it again) rather than wait for a worker that never hears of
+        it; the report itself stays accepted."""
         q = result.handed
         assert q is not None
-        request = handed_request(self.ctx, q)
+        why = "the DAG changed before the reply"
+        try:
+            request = handed_request(self.ctx, q)
+        except Exception:
+            log.exception("cannot build the handed attempt %s/%s", q.ti_id, q.token)
+            request, why = None, "its request could not be built"
         if request is not None:
             return [request]
-        reason = "eager dispatch: the DAG changed before the reply"
+        reason = f"eager dispatch: {why}"
         now = self.ctx.clock()
+        ref = (q.ti_id, q.token)
         self.db.transaction(
-            lambda c: store_attempts.requeue_attempt(c, q.ti_id, q.token, reason=reason, now=now)
+            lambda c: store_attempts.requeue_attempt(c, *ref, reason=reason, now=now)
         )
         self.reports.on_change()
         return []
@@ -378,12 +385,21 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         Execute it refused (accepted either way: nothing of it ran)."""
         reason = f"dispatch failed: worker {worker_id} declined it ({why or 'no reason given'})"
         now = self.ctx.clock()
-        if self.db.transaction(
-            lambda c: store_attempts.requeue_attempt(c, ti_id, token, reason=reason, now=now)
-        ):
+
+        def requeue(conn: Connection) -> ReportResult:
+            scope = workers.attempt_scope(conn, ti_id, token)
+            if scope is None or not scope.is_current or scope.worker != worker_id:
+                # not this worker's attempt (any more): nothing of it is this worker's to undo
+                return ReportResult(accepted=False, reason="not an attempt handed to this worker")
+            if not store_attempts.requeue_attempt(conn, ti_id, token, reason=reason, now=now):
+                return ReportResult(accepted=True, reason="declined (no longer queued)")
+            return ReportResult(accepted=True, reason="declined")
+
+        result = self.db.transaction(requeue)
+        if result.reason == "declined":
             self.metrics.incr("scheduler.tasks.requeued", reason="dispatch_failed")
             self.reports.on_change()
-        return ReportResult(accepted=True, reason="declined")
+        return result
 
     def _requeue_handed(self, ti_id: int, token: int, worker_id: str) -> None:
         """A success report sent again: the reply of its first delivery was lost, so what it

@@ -100,6 +100,7 @@ class ReportHandler:
                         token,
                         plan=plan,
                         member_id=member,
+                        parallelism=self.ctx.options.parallelism,
                         outcome=outcome,
                         decision=decision,
                         now=now,

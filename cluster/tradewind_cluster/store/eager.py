@@ -13,14 +13,16 @@ The handover never raises any usage the critical section counts, so it needs non
 the finished task instance leaves queued/running and its successor enters it in the same commit,
 in the same pool with no more pool slots, the same DAG (max_active_tasks) and the same worker
 slot. It takes only a slot nobody waits for, so it never overtakes the critical section's order:
-- every scheduled task instance of the pool (whatever its priority) and every queued attempt
-  waiting for a worker still fit in what the pool and the queue's live workers have free once
-  the handover is done; otherwise the successor is only scheduled, and the critical section
-  gives the freed slot by priority (under contention, eager dispatch steps aside);
-- the pool's and the DAG's current usage fit their limits (one may have been lowered);
-- a task with max_active_tis_per_dag, depends_on_past, another trigger rule or no worker code
-  (EmptyOperator) takes the usual path, as does every downstream task of a branching task or
-  while a run timeout is set;
+- the scheduled task instances of the pool (in pool slots) and of the queue (whatever their
+  pool; whatever their priority) still fit in what the pool and the queue's live workers have
+  free once the handover is done, queued attempts waiting for a worker counting as using a
+  slot, and fewer than 256 wait; otherwise the successor is only scheduled, and the critical
+  section gives the freed slot by priority (under contention, eager dispatch steps aside);
+- the pool's, the DAG's and the cluster's (core.parallelism) current usage fit their limits
+  (one may have been lowered);
+- a task instance with max_active_tis_per_dag (its row's, as the critical section reads it),
+  a task with depends_on_past, another trigger rule, no worker code (EmptyOperator) or a
+  branching upstream task takes the usual path, as does anything while a run timeout is set;
 - the DAG's stored spec is the version the caller planned with, the run is running, the worker
   is alive and serves the task's queue.
 The run is not re-armed for examination when every downstream task was taken care of (handed
@@ -66,8 +68,8 @@ class EagerPlan:
 
 def eager_plan(spec: DagSpec, spec_hash: str, task_id: str) -> EagerPlan | None:
     """The plan for a success of `task_id` (None for a task this version has not got): its
-    downstream tasks that may go eagerly, possibly none (the slot may still go to a waiting
-    task instance)."""
+    downstream tasks that may go eagerly, possibly none (then the report's statement hands
+    nothing over and re-arms the run, as the plain one does)."""
     task = spec.tasks.get(task_id)
     if task is None:
         return None
@@ -83,6 +85,10 @@ def eager_plan(spec: DagSpec, spec_hash: str, task_id: str) -> EagerPlan | None:
             or down.depends_on_past
             or down.max_active_tis_per_dag is not None
             or down.kind is TaskKind.EMPTY
+            or any(  # a branch that did not follow it makes it skipped: the examiner decides
+                (up := spec.tasks.get(u)) is None or up.branching is not None
+                for u in down.upstream_task_ids
+            )
         ):
             continue
         eligible += 1
@@ -93,14 +99,26 @@ def eager_plan(spec: DagSpec, spec_hash: str, task_id: str) -> EagerPlan | None:
     )
 
 
-# ENDED_CTES (the report, applied as record_ended applies it), then the handover. `cand`: the
-# best ready downstream task instance, checked as the module docstring lists; the finished one
-# counts as succeeded (a statement's parts all see the snapshot from before its changes).
+# ENDED_CTES (the report, applied as record_ended applies it), then the handover. A statement's
+# parts all read the snapshot taken when it started, before the run lock in `cur` was granted; so
+# what a decision must see at its newest is read by a locking clause, which returns the latest
+# version of each row: the worker (FOR SHARE: a concurrent "lost" wins, or waits for this
+# commit) and the upstream task instances (FOR SHARE: a mark committed while this statement
+# waited for the run lock is seen). The finished one counts as succeeded (it is not locked again:
+# this statement changes it). `cand`: the best ready
+# downstream task instance, checked as the module docstring lists.
 _HANDOVER = """, w AS (
-        SELECT queues FROM worker WHERE id = :worker AND state = 'alive'
+        SELECT queues FROM worker WHERE id = :worker AND state = 'alive' AND :state = 'success'
+        FOR SHARE
+    ), ups AS (
+        SELECT u.id, u.task_id, u.state FROM go
+        JOIN task_instance u ON u.run_pk = go.run_pk
+        WHERE :state = 'success' AND u.task_id = ANY(CAST(:ups AS text[])) AND u.id <> go.id
+        FOR SHARE OF u
     ), ready AS (
-        SELECT s.id, s.task_id, s.priority_weight, s.queue, s.pool, s.pool_slots FROM go
-        JOIN task_instance s ON s.run_pk = go.run_pk
+        SELECT s.id, s.task_id, s.priority_weight, s.queue, s.pool, s.pool_slots,
+               s.max_active_tis_per_dag
+        FROM go JOIN task_instance s ON s.run_pk = go.run_pk
         WHERE :state = 'success' AND go.run_state = 'running'
           AND go.dag_id = :dag_id AND go.task_id = :task_id
           AND s.task_id = ANY(CAST(:cands AS text[])) AND s.state = 'none'
@@ -108,35 +126,47 @@ _HANDOVER = """, w AS (
                       WHERE sd.dag_id = go.dag_id AND sd.spec_hash = :spec_hash)
           AND NOT EXISTS (
               SELECT 1 FROM unnest(CAST(:cands AS text[]), CAST(:ups AS text[])) AS e(c, up)
-              WHERE e.c = s.task_id AND NOT EXISTS (
-                  SELECT 1 FROM task_instance u
-                  WHERE u.run_pk = go.run_pk AND u.task_id = e.up
-                    AND (u.state = 'success' OR u.id = go.id)))
+              WHERE e.c = s.task_id AND e.up <> go.task_id AND NOT EXISTS (
+                  SELECT 1 FROM ups u WHERE u.task_id = e.up AND u.state = 'success'))
     ), cand AS (
-        SELECT s.id FROM go, ready s
+        SELECT s.id FROM go, ready s,
+        LATERAL (
+            SELECT count(*) AS n, coalesce(sum(x.pool_slots), 0) AS slots FROM (
+                SELECT x.pool_slots FROM task_instance x
+                WHERE x.state = 'scheduled' AND x.pool = s.pool LIMIT 256) AS x
+        ) AS pool_waits,
+        LATERAL (
+            SELECT count(*) AS n FROM (
+                SELECT 1 FROM task_instance x
+                WHERE x.state = 'scheduled' AND x.queue = s.queue LIMIT 256) AS x
+        ) AS queue_waits,
+        LATERAL (
+            SELECT coalesce((SELECT CASE WHEN p.slots < 0 THEN 2147483647 ELSE p.slots END
+                             FROM pool p WHERE p.name = s.pool), -1)
+                   - (SELECT coalesce(sum(a.pool_slots), 0) - go.pool_slots + s.pool_slots
+                      FROM task_instance a
+                      WHERE a.pool = s.pool AND a.state IN ('queued', 'running')) AS pool_free,
+                   (SELECT coalesce(sum(ws.slots), 0) FROM worker ws
+                    WHERE ws.state = 'alive' AND ws.queues ? s.queue)
+                   - (SELECT count(*) FROM task_instance a
+                      WHERE a.state IN ('queued', 'running') AND (
+                          (a.worker IS NULL AND a.queue = s.queue)
+                          OR a.worker IN (SELECT ws.id FROM worker ws
+                                          WHERE ws.state = 'alive' AND ws.queues ? s.queue)))
+                   AS worker_free
+        ) AS free
         WHERE s.pool = go.pool AND s.pool_slots <= go.pool_slots
+          AND s.max_active_tis_per_dag IS NULL
           AND EXISTS (SELECT 1 FROM w WHERE w.queues ? s.queue)
-          AND (SELECT count(*) FROM (
-                  SELECT 1 FROM task_instance x
-                  WHERE x.state = 'scheduled' AND x.pool = s.pool
-                  LIMIT 256) AS waiting)
-              <= least(
-                  coalesce((SELECT CASE WHEN p.slots < 0 THEN 2147483647 ELSE p.slots END
-                            FROM pool p WHERE p.name = s.pool), -1)
-                  - (SELECT coalesce(sum(a.pool_slots), 0) - go.pool_slots + s.pool_slots
-                     FROM task_instance a
-                     WHERE a.pool = s.pool AND a.state IN ('queued', 'running')),
-                  (SELECT coalesce(sum(ws.slots), 0) FROM worker ws
-                   WHERE ws.state = 'alive' AND ws.queues ? s.queue)
-                  - (SELECT count(*) FROM task_instance a
-                     WHERE a.state IN ('queued', 'running') AND (
-                         (a.worker IS NULL AND a.queue = s.queue)
-                         OR a.worker IN (SELECT ws.id FROM worker ws
-                                         WHERE ws.state = 'alive' AND ws.queues ? s.queue))))
+          AND pool_waits.n < 256 AND queue_waits.n < 256
+          AND pool_waits.slots <= free.pool_free
+          AND queue_waits.n <= free.worker_free
           AND EXISTS (
               SELECT 1 FROM dag d WHERE d.dag_id = go.dag_id AND d.max_active_tasks >= (
                   SELECT count(*) FROM task_instance a
                   WHERE a.dag_id = go.dag_id AND a.state IN ('queued', 'running')))
+          AND (CAST(:parallelism AS integer) IS NULL OR :parallelism >= (
+                  SELECT count(*) FROM task_instance a WHERE a.state IN ('queued', 'running')))
         ORDER BY s.priority_weight DESC, s.task_id
         LIMIT 1
     ), handed AS (
@@ -205,6 +235,7 @@ _ENDED_EAGER = PreparedStatement(
         "cands": "text[]",
         "ups": "text[]",
         "covers": "boolean",
+        "parallelism": "integer",
         "n_cands": "integer",
     },
 )
@@ -217,6 +248,7 @@ def record_ended_eager(
     *,
     plan: EagerPlan,
     member_id: str,
+    parallelism: int | None = None,
     outcome: AttemptOutcome,
     decision: OutcomeDecision,
     now: datetime,
@@ -242,6 +274,7 @@ def record_ended_eager(
         cands=[c for c, _ in plan.edges],
         ups=[u for _, u in plan.edges],
         covers=plan.covers,
+        parallelism=parallelism,
         n_cands=len({c for c, _ in plan.edges}),
     )
     row = _ENDED_EAGER.execute(conn, params).first()
@@ -282,8 +315,9 @@ def _handed(r: Mapping[str, Any], now: datetime) -> QueuedAttempt:
 _HANDED_AGAIN = sa.text(
     """
     SELECT h.id, h.token FROM task_instance f
-    JOIN task_instance h ON h.queued_at = f.end_date AND h.state = 'queued'
-    WHERE f.id = :ti_id AND f.token = :token AND f.state = 'success' AND h.worker = :worker
+    JOIN task_instance h ON h.run_pk = f.run_pk AND h.queued_at = f.end_date
+    WHERE f.id = :ti_id AND f.token = :token AND f.state = 'success'
+      AND h.state = 'queued' AND h.worker = :worker
       AND h.reason = 'eager dispatch: ' || f.task_id || ' succeeded on this worker'
     """
 )
