@@ -30,10 +30,9 @@ over or scheduled); otherwise it is examined as after any report."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -49,7 +48,7 @@ from tradewind_cluster.store.attempts import (
     ended_result,
 )
 from tradewind_cluster.store.prepared import PreparedStatement
-from tradewind_cluster.store.queueing import QueuedAttempt, RunFacts
+from tradewind_cluster.store.queueing import queued_from_row
 
 __all__ = ["EagerPlan", "eager_plan", "handed_again", "record_ended_eager"]
 
@@ -207,10 +206,11 @@ _HANDOVER = """, w AS (
            handed.dag_id AS h_dag_id, handed.run_id AS h_run_id, handed.task_id AS h_task_id,
            handed.queue AS h_queue, handed.pool AS h_pool, handed.logical_date AS h_logical_date,
            handed.scheduled_at AS h_scheduled_at, handed_attempt.id AS h_attempt_id,
+           r.run_type AS h_run_type, r.data_interval_start AS h_data_interval_start,
+           r.data_interval_end AS h_data_interval_end, r.conf AS h_conf,
+           r.trace_context AS h_trace_context, sd.spec_hash AS h_spec_hash,
            (SELECT count(*) FROM ready) AS n_ready,
-           (SELECT count(*) FROM scheduled) AS n_scheduled,
-           r.run_type, r.data_interval_start, r.data_interval_end, r.conf,
-           r.trace_context AS run_trace_context, sd.spec_hash AS h_spec_hash
+           (SELECT count(*) FROM scheduled) AS n_scheduled
     FROM cur LEFT JOIN go ON true
     LEFT JOIN handed ON true
     LEFT JOIN handed_attempt ON handed_attempt.ti_id = handed.id
@@ -223,8 +223,8 @@ _ENDED_EAGER = PreparedStatement(
     sa.text(ENDED_CTES + _HANDOVER).columns(
         h_logical_date=sa.DateTime(timezone=True),
         h_scheduled_at=sa.DateTime(timezone=True),
-        data_interval_start=sa.DateTime(timezone=True),
-        data_interval_end=sa.DateTime(timezone=True),
+        h_data_interval_start=sa.DateTime(timezone=True),
+        h_data_interval_end=sa.DateTime(timezone=True),
     ),
     {
         **ENDED_TYPES,
@@ -282,34 +282,8 @@ def record_ended_eager(
     if row is None or not result.accepted:
         return result
     covered = plan.covers and row.n_ready == len({c for c, _ in plan.edges})
-    handed = None if row.h_id is None else _handed(dict(row._mapping), now)
+    handed = None if row.h_id is None else queued_from_row(row._mapping, now, prefix="h_")
     return replace(result, handed=handed, rearmed=not covered or row.n_scheduled > 0)
-
-
-def _handed(r: Mapping[str, Any], now: datetime) -> QueuedAttempt:
-    return QueuedAttempt(
-        attempt_id=r["h_attempt_id"],
-        ti_id=r["h_id"],
-        token=r["h_token"],
-        try_number=r["h_try_number"] + 1,
-        dag_id=r["h_dag_id"],
-        run_id=r["h_run_id"],
-        task_id=r["h_task_id"],
-        queue=r["h_queue"],
-        pool=r["h_pool"],
-        logical_date=r["h_logical_date"],
-        queued_at=now,
-        scheduled_at=r["h_scheduled_at"],
-        first_try=r["h_try_number"] == 0,
-        run_trace_context=r["run_trace_context"],
-        run=RunFacts(
-            run_type=r["run_type"],
-            data_interval_start=r["data_interval_start"],
-            data_interval_end=r["data_interval_end"],
-            conf=r["conf"] or {},
-            spec_hash=r["h_spec_hash"],
-        ),
-    )
 
 
 _HANDED_AGAIN = sa.text(

@@ -40,6 +40,7 @@ __all__ = [
     "pool_slots",
     "pools_with_scheduled",
     "queue_pool",
+    "queued_from_row",
 ]
 
 ti = task_instance
@@ -333,6 +334,40 @@ _QUEUE = PreparedStatement(
 )
 
 
+def queued_from_row(r: Mapping[Any, Any], now: datetime, prefix: str = "") -> QueuedAttempt:
+    """The QueuedAttempt a statement that queued it returned: the task instance's columns
+    (`id`, `token`, ... as the task instance had them before the try), `attempt_id`, the run's
+    `trace_context`, `run_type`, data interval and `conf`, and the DAG's `spec_hash`, each name
+    with `prefix` (a statement returning other rows too names them apart)."""
+
+    def col(name: str) -> Any:
+        return r[prefix + name]
+
+    return QueuedAttempt(
+        attempt_id=col("attempt_id"),
+        ti_id=col("id"),
+        token=col("token"),
+        try_number=col("try_number") + 1,
+        dag_id=col("dag_id"),
+        run_id=col("run_id"),
+        task_id=col("task_id"),
+        queue=col("queue"),
+        pool=col("pool"),
+        logical_date=col("logical_date"),
+        queued_at=now,
+        scheduled_at=col("scheduled_at"),
+        first_try=col("try_number") == 0,
+        run_trace_context=col("trace_context"),
+        run=RunFacts(
+            run_type=col("run_type"),
+            data_interval_start=col("data_interval_start"),
+            data_interval_end=col("data_interval_end"),
+            conf=col("conf") or {},
+            spec_hash=col("spec_hash"),
+        ),
+    )
+
+
 def _queue(
     conn: Connection, admitted: Sequence[Candidate], member_id: str, now: datetime
 ) -> tuple[QueuedAttempt, ...]:
@@ -343,32 +378,7 @@ def _queue(
         conn, {"ids": [c.ti_id for c in admitted], "member": member_id, "now": now}
     ).mappings()
     order = {c.ti_id: i for i, c in enumerate(admitted)}
-    queued = [
-        QueuedAttempt(
-            attempt_id=r["attempt_id"],
-            ti_id=r["id"],
-            token=r["token"],
-            try_number=r["try_number"] + 1,
-            dag_id=r["dag_id"],
-            run_id=r["run_id"],
-            task_id=r["task_id"],
-            queue=r["queue"],
-            pool=r["pool"],
-            logical_date=r["logical_date"],
-            queued_at=now,
-            scheduled_at=r["scheduled_at"],
-            first_try=r["try_number"] == 0,
-            run_trace_context=r["trace_context"],
-            run=RunFacts(
-                run_type=r["run_type"],
-                data_interval_start=r["data_interval_start"],
-                data_interval_end=r["data_interval_end"],
-                conf=r["conf"] or {},
-                spec_hash=r["spec_hash"],
-            ),
-        )
-        for r in rows
-    ]
+    queued = [queued_from_row(r, now) for r in rows]
     return tuple(sorted(queued, key=lambda q: order[q.ti_id]))
 
 
