@@ -34,6 +34,7 @@ pytestmark = pytest.mark.cluster
 
 FAILED = scheduler_pb2.ATTEMPT_EVENT_FAILED
 SUCCESS = scheduler_pb2.ATTEMPT_EVENT_SUCCESS
+DECLINED = scheduler_pb2.ATTEMPT_EVENT_DECLINED
 MAX_MESSAGE = 256 * 1024
 
 
@@ -63,6 +64,14 @@ class Cluster:
             task_json=task_entry(dag, f"t{ti}"), **kwargs,  # type: ignore[arg-type]
         )  # fmt: skip
         return ti, self.client.execute(request)
+
+    def request(self, command: str, ti: int, queue: str = "default") -> worker_pb2.ExecuteRequest:
+        with DAG("ctl", schedule=None) as dag:
+            BashOperator(task_id=f"t{ti}", bash_command=command)
+        return execute_request(
+            ti_id=ti, dag_id="ctl", task_id=f"t{ti}", task_json=task_entry(dag, f"t{ti}"),
+            queue=queue,
+        )  # fmt: skip
 
     def running(self) -> set[int]:
         return {ref.ti_id for ref in self.client.status().running}
@@ -292,3 +301,26 @@ def test_oversized_and_malformed_requests_are_refused_cleanly(cluster: Cluster) 
     assert cluster.client.status().slots == 2  # still serving
     assert cluster.worker.popen.poll() is None
     assert os.path.exists(cluster.home)
+
+
+def test_an_attempt_handed_in_a_reply_runs_or_is_declined(cluster: Cluster) -> None:
+    """Eager dispatch against the real worker: its SUCCESS offers the slot and names the task;
+    an attempt the reply hands it runs as an Execute would; one it cannot take (a queue it does
+    not serve) is reported DECLINED."""
+    wait_idle(cluster)
+    first, handed, refused = cluster.ti(), cluster.ti(), cluster.ti()
+    with cluster.fake.lock:
+        cluster.fake.hand[(first, 1)] = [cluster.request("true", handed)]
+        cluster.fake.hand[(handed, 1)] = [cluster.request("true", refused, queue="gpu")]
+    assert cluster.execute("true", ti=first)[1].accepted
+    report = cluster.fake.final_report(first)
+    assert (report.event, report.offers_slot) == (SUCCESS, True)
+    assert (report.dag_id, report.task_id) == ("ctl", f"t{first}")
+    assert cluster.fake.final_report(handed).event == SUCCESS  # ran without an Execute call
+    declined = cluster.fake.wait(
+        lambda: [r for r in cluster.fake.reports_for(refused) if r.event == DECLINED],
+        15,
+        "the refused attempt to be declined",
+    )
+    assert "queue 'gpu' is not served" in declined[0].error
+    wait_idle(cluster)

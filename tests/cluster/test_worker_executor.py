@@ -199,3 +199,31 @@ def test_spawn_failures_and_malformed_results_end_the_attempt(setup) -> None:
     executor.handle({"ev": "exited", "key": "2.1", "status": 1})
     assert reports[-1].error == "the task process exited with code 1 without reporting an outcome"
     assert json.loads(json.dumps(reports[-1].error))  # plain text, safe to ship
+
+
+@pytest.mark.parametrize(
+    ("outcome", "willing", "offered"),
+    [("success", True, True), ("failed", True, False), ("skipped", True, False),
+     ("success", False, False)],
+)  # fmt: skip
+def test_a_success_offers_its_slot_when_the_agent_is_willing(
+    tmp_path: Path, outcome: str, willing: bool, offered: bool
+) -> None:
+    """Eager dispatch: the final report of a success offers the slot, naming the try's task, so
+    the scheduler may hand the next task back; not a failure or skip, nor while the agent says
+    no (draining, no lease)."""
+    reports: list[PendingReport] = []
+    executor = Executor(
+        WorkerOptions(name="w", schedulers=("s:1",), queues=("default",), slots=2, home=tmp_path),
+        Spawner(), submit_report=reports.append, on_finished=lambda a: None,
+        metrics=Metrics([RecordingSink()], strict=True), clock=Clock(), offers=lambda: willing,
+    )  # fmt: skip
+    start(executor, order(1))
+    result = {"kind": "result", "outcome": outcome, "error": None}
+    executor.handle({"ev": "child", "key": "1.1", "event": result})
+    executor.handle({"ev": "exited", "key": "1.1", "status": 0})
+    [final] = [r for r in reports if r.final]
+    assert final.offers_slot is offered
+    assert (final.dag_id, final.task_id) == (("d", "t1") if offered else ("", ""))
+    assert final.to_proto("w1").offers_slot is offered
+    assert executor.free_slots() == 2  # an offer reserves nothing: a handed attempt may be declined

@@ -70,6 +70,8 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):
     attempts: dict[int, _Run] = field(default_factory=dict)
     unwanted: set[tuple[int, int]] = field(default_factory=set)
     refuse: dict[tuple[int, int], str] = field(default_factory=dict)
+    # eager dispatch: attempts the reply to an attempt's SUCCESS hands the worker
+    hand: dict[tuple[int, int], list[worker_pb2.ExecuteRequest]] = field(default_factory=dict)
     silent: bool = False
     forget_worker: bool = False
     server: RpcServer | None = None
@@ -165,8 +167,15 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):
                 run = self._run(request.attempt)  # returned values travel with the outcome
                 for entry in request.xcoms:
                     self.xcoms[(run.dag_id, run.run_id, run.task_id, entry.key)] = entry.value
+            handed = (
+                self.hand.pop(key, [])
+                if reason is None and request.event == scheduler_pb2.ATTEMPT_EVENT_SUCCESS
+                else []
+            )
             self.lock.notify_all()
-        return scheduler_pb2.AttemptReportReply(accepted=reason is None, reason=reason or "")
+        return scheduler_pb2.AttemptReportReply(
+            accepted=reason is None, reason=reason or "", next=handed
+        )
 
     def _run(self, ref: common_pb2.AttemptRef) -> _Run:
         return self.attempts.get(ref.ti_id) or _Run(dag_id="?", run_id="?", task_id="?")
