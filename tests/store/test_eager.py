@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tests.store.test_queueing import INVARIANTS
+from tests.store.test_record_ended import wait_for_report_lock_wait
 from tests.support.factories import insert_dag, insert_run, insert_ti
 from tradewind.scheduling.admission import admit
 from tradewind.scheduling.retries import AttemptOutcome, decide_outcome
@@ -335,7 +336,7 @@ def test_an_upstream_marked_failed_while_the_report_waited_is_seen(database: Dat
     holder.execute(sa.text("UPDATE task_instance SET state = 'failed' WHERE task_id = 'u'"))
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(succeed, database, q, eager_plan(join, "h1", "a"))
-        time.sleep(0.3)  # the report waits for the run lock
+        wait_for_report_lock_wait(database)  # the report waits for the run lock
         assert not pending.done()
         holder.commit()
         holder.close()

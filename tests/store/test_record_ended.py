@@ -265,8 +265,8 @@ def test_a_skip_stores_no_xcoms(database: Database, starts: bool) -> None:
     assert xcoms(database, q) == {}
 
 
-def _wait_for_lock_wait(database: Database, deadline_s: float = 10.0) -> None:
-    """Until a backend other than ours waits on a lock (record_ended on the run row)."""
+def wait_for_report_lock_wait(database: Database, deadline_s: float = 10.0) -> None:
+    """Until a backend other than ours waits on a lock (a report's statement on the run row)."""
     deadline = time.monotonic() + deadline_s
     query = sa.text(
         "SELECT count(*) FROM pg_stat_activity"
@@ -294,7 +294,7 @@ def test_a_report_waits_on_the_run_lock_and_sees_what_its_holder_committed(
         ).one()
         pending = pool.submit(end, database, q.ti_id, q.token, returned=[("return_value", "1")])
         try:
-            _wait_for_lock_wait(database)
+            wait_for_report_lock_wait(database)
             wait([pending], timeout=0.3)
             assert not pending.done(), "record_ended did not wait for the run lock"
             if superseded:

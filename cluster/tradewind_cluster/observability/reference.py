@@ -37,6 +37,7 @@ _PROCESSES = (
     ("scheduler/", "scheduler"),
     ("parsing/", "scheduler"),
     ("rpc/scheduler_service.py", "scheduler"),
+    ("rpc/attempt_reports.py", "scheduler"),
 )
 _KIND_NAMES = {
     MetricKind.COUNTER: "counter",

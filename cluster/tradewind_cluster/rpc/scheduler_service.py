@@ -20,21 +20,15 @@ import grpc
 from opentelemetry.trace import SpanKind
 
 from tradewind.errors import BadInputError, StoreUnavailableError
-from tradewind.scheduling.retries import AttemptOutcome
-from tradewind.states import TaskInstanceState
 from tradewind_cluster.config import Settings
 from tradewind_cluster.observability.tracing import extract_context, tracer
-from tradewind_cluster.scheduler.handover import handed_request
+from tradewind_cluster.rpc.attempt_reports import AttemptReports, event_name
 from tradewind_cluster.scheduler.reports import ReportHandler
-from tradewind_cluster.store import attempts as store_attempts
-from tradewind_cluster.store import eager as store_eager
 from tradewind_cluster.store import task_logs, variables, workers
 from tradewind_cluster.store import xcom as store_xcom
-from tradewind_cluster.store.attempts import ReportResult
-from tradewind_cluster.store.database import Connection
 from tradewind_cluster.store.workers import AttemptScope
 from tradewind_cluster.xcom import BaseXComBackend, DatabaseXComBackend, XComRecord
-from tradewind_proto.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2
+from tradewind_proto.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 __all__ = ["SchedulerService", "SchedulerServiceOptions"]
 
@@ -42,11 +36,6 @@ log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
 _SERVICE = "/tradewind.v1.Scheduler/"
 _pb = scheduler_pb2
-_OUTCOMES = {
-    _pb.ATTEMPT_EVENT_SUCCESS: AttemptOutcome.SUCCESS,
-    _pb.ATTEMPT_EVENT_FAILED: AttemptOutcome.FAILED,
-    _pb.ATTEMPT_EVENT_SKIPPED: AttemptOutcome.SKIPPED,
-}
 _READABLE = ("queued", "running")  # states in which an attempt may read XComs and variables
 
 Req = TypeVar("Req")
@@ -140,6 +129,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self.metrics = reports.ctx.metrics
         self.options = options or SchedulerServiceOptions()
         self.xcom_backend = xcom_backend or DatabaseXComBackend()
+        self.attempts = AttemptReports(reports, self.xcom_backend, self.options.max_xcom_bytes)
 
     def add_to(self, server: grpc.Server) -> None:
         """Register on a gRPC server."""
@@ -229,11 +219,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         """STARTED moves queued → running (and clears the try's XComs); an outcome ends it."""
         ti_id, token = _ref(request.attempt, request.HasField("attempt"))
         worker_id = _required(request.worker_id, "worker_id")
-        event = (
-            _pb.AttemptEvent.Name(request.event)
-            if request.event in _pb.AttemptEvent.values()
-            else str(request.event)
-        )
+        event = event_name(request.event)
         parent = extract_context(context.invocation_metadata() or ())
         with _tracer.start_as_current_span(
             f"attempt {event.removeprefix('ATTEMPT_EVENT_').lower()}",
@@ -245,15 +231,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 "tradewind.worker": worker_id,
             },
         ):
-            if request.event == _pb.ATTEMPT_EVENT_STARTED:
-                result = self._started(ti_id, token, worker_id)
-            elif request.event in _OUTCOMES:
-                result = self._finished(request, ti_id, token, worker_id)
-            elif request.event == _pb.ATTEMPT_EVENT_DECLINED:
-                result = self._declined(ti_id, token, worker_id, request.error)
-            else:
-                result = ReportResult(accepted=False, reason=f"unknown attempt event {event}")
-        handed = self._next_safely(result) if result.handed is not None else []
+            result, handed = self.attempts.apply(request, ti_id, token, worker_id)
         if not result.accepted and not result.reason.startswith("stale token"):
             log.warning(
                 "refused %s report for attempt %s/%s from worker %s: %s",
@@ -267,155 +245,6 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         return scheduler_pb2.AttemptReportReply(
             accepted=result.accepted, reason=result.reason, next=handed
         )
-
-    def _next_safely(self, result: ReportResult) -> list[worker_pb2.ExecuteRequest]:
-        """The Execute request of the attempt a success report handed its worker. Should the
-        DAG's version be gone meanwhile, or the request fail to build, the attempt goes back to
-        scheduled (the loop queues it again) rather than wait for a worker that never hears of
-        it; the report itself stays accepted."""
-        q = result.handed
-        assert q is not None
-        why = "the DAG changed before the reply"
-        try:
-            request = handed_request(self.ctx, q)
-        except Exception:
-            log.exception("cannot build the handed attempt %s/%s", q.ti_id, q.token)
-            request, why = None, "its request could not be built"
-        if request is not None:
-            return [request]
-        reason = f"eager dispatch: {why}"
-        now = self.ctx.clock()
-        ref = (q.ti_id, q.token)
-        self.db.transaction(
-            lambda c: store_attempts.requeue_attempt(c, *ref, reason=reason, now=now)
-        )
-        self.reports.on_change()
-        return []
-
-    def _started(self, ti_id: int, token: int, worker_id: str) -> ReportResult:
-        result = self.reports.started(ti_id, token, worker_id=worker_id)
-        if not result.accepted:
-            scope = self._scope(ti_id, token)
-            # The same worker resending STARTED after a lost reply: its code has not run yet.
-            duplicate = (
-                scope is not None
-                and scope.is_current
-                and scope.ti_state == "running"
-                and scope.worker == worker_id
-            )
-            if not duplicate:
-                return result
-            result = ReportResult(accepted=True, reason="duplicate: already started")
-        # Airflow clears a task instance's XComs when a new try starts executing.
-        self.db.transaction(lambda c: self._clear_xcoms(c, ti_id, token))
-        return result
-
-    def _keep_returned(
-        self, ti_id: int, token: int, stored: Sequence[tuple[str, str]], conn: Connection,
-        result: ReportResult,
-    ) -> None:  # fmt: skip
-        """In the report's transaction, for an XCom backend other than the database's: a try
-        this report also started loses its older XComs (as STARTED clears them), and a success
-        keeps what it returned."""
-        start = result.attempt
-        if result.started and start is not None and result.run_id is not None:
-            scope = {"dag_id": start.dag_id, "run_id": result.run_id, "task_id": start.task_id}
-            self.xcom_backend.clear(conn, **scope)
-        if stored and result.state is TaskInstanceState.SUCCESS:
-            store_xcom.store_returned(conn, ti_id, token, stored)
-
-    def _clear_xcoms(self, conn: Connection, ti_id: int, token: int) -> int:
-        scope = workers.attempt_scope(conn, ti_id, token)
-        if scope is None or not scope.is_current or scope.ti_state != "running":
-            return 0
-        return self.xcom_backend.clear(
-            conn, dag_id=scope.dag_id, run_id=scope.run_id, task_id=scope.task_id
-        )
-
-    def _finished(
-        self, request: scheduler_pb2.AttemptReport, ti_id: int, token: int, worker_id: str
-    ) -> ReportResult:
-        outcome = _OUTCOMES[request.event]
-        error = request.error or None
-        plain = type(self.xcom_backend) is DatabaseXComBackend
-        stored: list[tuple[str, str]] = []
-        if outcome is AttemptOutcome.SUCCESS and request.xcoms:
-            try:
-                stored = self._returned(ti_id, token, request.xcoms)
-            except BadInputError as exc:
-                # as a failed push fails the task in Airflow: the try fails and may retry
-                outcome, error = AttemptOutcome.FAILED, str(exc)
-        result = self.reports.finished(
-            ti_id,
-            token,
-            outcome=outcome,
-            exit_code=request.exit_code,
-            error=error,
-            followed=list(request.followed) if request.has_followed else None,
-            # the worker's own clock gives how long ago the try started, skew-free
-            started_ago_s=(
-                max(0.0, request.at_unix - request.started_at_unix)
-                if request.started_at_unix
-                else None
-            ),
-            worker_id=worker_id,
-            # the database backend's values are written by the report's own statement
-            returned=stored if plain else None,
-            on_applied=(
-                None if plain else functools.partial(self._keep_returned, ti_id, token, stored)
-            ),
-            offer=(request.dag_id, request.task_id) if request.offers_slot else None,
-        )
-        if result.accepted:
-            return result
-        scope = self._scope(ti_id, token)
-        if (
-            scope is not None
-            and scope.is_current
-            and scope.attempt_state == outcome.value
-            and scope.worker == worker_id
-        ):
-            if request.offers_slot:
-                self._requeue_handed(ti_id, token, worker_id)
-            return ReportResult(accepted=True, reason="duplicate: already recorded")
-        return result
-
-    def _declined(self, ti_id: int, token: int, worker_id: str, why: str) -> ReportResult:
-        """A worker did not start an attempt a reply handed it: back to scheduled, as after an
-        Execute it refused (accepted either way: nothing of it ran)."""
-        reason = f"dispatch failed: worker {worker_id} declined it ({why or 'no reason given'})"
-        now = self.ctx.clock()
-
-        def requeue(conn: Connection) -> ReportResult:
-            scope = workers.attempt_scope(conn, ti_id, token)
-            if scope is None or not scope.is_current or scope.worker != worker_id:
-                # not this worker's attempt (any more): nothing of it is this worker's to undo
-                return ReportResult(accepted=False, reason="not an attempt handed to this worker")
-            if not store_attempts.requeue_attempt(conn, ti_id, token, reason=reason, now=now):
-                return ReportResult(accepted=True, reason="declined (no longer queued)")
-            return ReportResult(accepted=True, reason="declined")
-
-        result = self.db.transaction(requeue)
-        if result.reason == "declined":
-            self.metrics.incr("scheduler.tasks.requeued", reason="dispatch_failed")
-            self.reports.on_change()
-        return result
-
-    def _requeue_handed(self, ti_id: int, token: int, worker_id: str) -> None:
-        """A success report sent again: the reply of its first delivery was lost, so what it
-        handed the worker never reached it. Back to scheduled, to be queued again."""
-        now = self.ctx.clock()
-
-        def requeue(conn: Connection) -> int:
-            lost = store_eager.handed_again(conn, ti_id, token, worker_id)
-            reason = "eager dispatch: the reply to the worker was lost"
-            for h_id, h_token in lost:
-                store_attempts.requeue_attempt(conn, h_id, h_token, reason=reason, now=now)
-            return len(lost)
-
-        if self.db.transaction(requeue):
-            self.metrics.incr("scheduler.tasks.requeued", reason="eager_reply_lost")
-            self.reports.on_change()
 
     # -- XCom, variables, logs ---------------------------------------------------------
     @_edge
@@ -528,47 +357,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
     # -- helpers ------------------------------------------------------------------------
     def _scope(self, ti_id: int, token: int) -> AttemptScope | None:
-        return self.db.read(lambda c: workers.attempt_scope(c, ti_id, token))
-
-    def _returned(
-        self, ti_id: int, token: int, entries: Sequence[scheduler_pb2.XComEntry]
-    ) -> list[tuple[str, str]]:
-        """The stored form of the values a task returned; BadInputError when one cannot be
-        kept (not JSON, refused by the backend, too large). The default backend keeps the
-        worker's JSON as it is, without reading the attempt's scope first."""
-        plain = type(self.xcom_backend) is DatabaseXComBackend
-        scope = None if plain else self._scope(ti_id, token)
-        out: list[tuple[str, str]] = []
-        for entry in entries:
-            try:
-                value = json.loads(entry.value)
-            except ValueError:
-                raise BadInputError(f"XCom {entry.key!r} is not JSON") from None
-            if plain:
-                text = entry.value
-            elif scope is None:  # the report itself will be refused
-                return []
-            else:
-                try:
-                    text = self.xcom_backend.serialize_value(
-                        value,
-                        key=entry.key,
-                        dag_id=scope.dag_id,
-                        run_id=scope.run_id,
-                        task_id=scope.task_id,
-                    )
-                except BadInputError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - a user backend: its failure fails the try
-                    raise BadInputError(
-                        f"the XCom backend could not store {entry.key!r}: "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from None
-            problem = store_xcom.check_value(entry.key, text, self.options.max_xcom_bytes)
-            if problem is not None:
-                raise BadInputError(problem)
-            out.append((entry.key, text))
-        return out
+        return self.attempts.scope(ti_id, token)
 
     def _serialize(self, ti_id: int, token: int, key: str, wire: str) -> str:
         """The worker sends JSON; the configured backend decides what the store keeps (JSON

@@ -170,12 +170,8 @@ class DispatchStep:
             cached = dags[q.dag_id]
             if q.task_id not in cached.spec.tasks:
                 return []  # a version without the task: the read path skips it and says so
-            out.append(self._request(q, cached, run))
+            out.append(dispatch_request(q, cached, run))
         return out
-
-    @staticmethod
-    def _request(q: QueuedAttempt, cached: CachedDag, run: RunRow | RunFacts) -> DispatchRequest:
-        return dispatch_request(q, cached, run)
 
     def _requests(
         self,
@@ -196,7 +192,7 @@ class DispatchStep:
             cached, run = dags.get(q.dag_id), runs.get((q.dag_id, q.run_id))
             if cached is None or run is None or q.task_id not in cached.spec.tasks:
                 continue
-            out.append(self._request(q, cached, run))
+            out.append(dispatch_request(q, cached, run))
         return out
 
     def _apply(self, conn: Connection, results: Sequence[DispatchResult], now: datetime) -> None:

@@ -4,6 +4,7 @@ sends when a try starts and ends (the worker holds no store, so the scheduler se
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -83,37 +84,27 @@ class ReportHandler:
             raise ValueError("pass the returned values or on_applied, not both")
         if on_applied is None and outcome is not AttemptOutcome.FAILED:
             decision = decide_outcome(_PLACEHOLDER, outcome, 0, 0, now, self.ctx.rng.random)
-            eager = (
-                offer is not None
+            plan = (
+                self._plan(*offer)
+                if offer is not None
                 and worker_id is not None
                 and outcome is AttemptOutcome.SUCCESS
                 and followed is None
                 and self.ctx.options.eager_dispatch
+                else None
             )
-            plan = self._plan(*offer) if eager and offer is not None else None
-            if plan is not None and worker_id is not None:
-                member, offered_by = self.ctx.member_id, worker_id
-                result = self.ctx.db.statement(
-                    lambda c: store_eager.record_ended_eager(
-                        c,
-                        ti_id,
-                        token,
-                        plan=plan,
-                        member_id=member,
-                        parallelism=self.ctx.options.parallelism,
-                        outcome=outcome,
-                        decision=decision,
-                        now=now,
-                        worker_id=offered_by,
-                        exit_code=exit_code,
-                        error=error,
-                        started_at=started_at,
-                        returned=returned,
-                    )
+            record: Callable[..., ReportResult] = (
+                functools.partial(store_attempts.record_ended, followed=followed)
+                if plan is None
+                else functools.partial(
+                    store_eager.record_ended_eager,
+                    plan=plan,
+                    member_id=self.ctx.member_id,
+                    parallelism=self.ctx.options.parallelism,
                 )
-                return self._after_finish(result, started_at, now)
+            )
             result = self.ctx.db.statement(
-                lambda c: store_attempts.record_ended(
+                lambda c: record(
                     c,
                     ti_id,
                     token,
@@ -122,7 +113,6 @@ class ReportHandler:
                     now=now,
                     exit_code=exit_code,
                     error=error,
-                    followed=followed,
                     started_at=started_at,
                     worker_id=worker_id,
                     returned=returned,

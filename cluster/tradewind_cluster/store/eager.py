@@ -106,7 +106,11 @@ def eager_plan(spec: DagSpec, spec_hash: str, task_id: str) -> EagerPlan | None:
 # waited for the run lock is seen). The finished one counts as succeeded (it is not locked again:
 # this statement changes it). `cand`: the best ready
 # downstream task instance, checked as the module docstring lists.
-_HANDOVER = """, w AS (
+# The reason a handed task instance carries (SQL, naming the finished task): a report sent again
+# finds what it handed by it (handed_again).
+_HANDED_REASON = "'eager dispatch: ' || {task} || ' succeeded on this worker'"
+_HANDOVER = (
+    """, w AS (
         SELECT queues FROM worker WHERE id = :worker AND state = 'alive' AND :state = 'success'
         FOR SHARE
     ), ups AS (
@@ -173,7 +177,9 @@ _HANDOVER = """, w AS (
             state = 'queued', token = t.token + 1, queued_by = :member, queued_at = :now,
             scheduled_at = :now,
             worker = :worker, heartbeat_at = NULL, next_retry_at = NULL,
-            reason = 'eager dispatch: ' || :task_id || ' succeeded on this worker',
+            reason = """
+    + _HANDED_REASON.format(task=":task_id")
+    + """,
             updated_at = :now
         FROM cand
         WHERE t.id = cand.id AND t.state = 'none'
@@ -217,6 +223,7 @@ _HANDOVER = """, w AS (
     LEFT JOIN dag_run r ON r.id = handed.run_pk
     LEFT JOIN serialized_dag sd ON sd.dag_id = handed.dag_id
     """
+)
 
 _ENDED_EAGER = PreparedStatement(
     "tw_report_ended_eager",
@@ -292,7 +299,9 @@ _HANDED_AGAIN = sa.text(
     JOIN task_instance h ON h.run_pk = f.run_pk AND h.queued_at = f.end_date
     WHERE f.id = :ti_id AND f.token = :token AND f.state = 'success'
       AND h.state = 'queued' AND h.worker = :worker
-      AND h.reason = 'eager dispatch: ' || f.task_id || ' succeeded on this worker'
+      AND h.reason = """
+    + _HANDED_REASON.format(task="f.task_id")
+    + """
     """
 )
 

@@ -40,7 +40,7 @@ class PendingReport:
     xcoms: tuple[tuple[str, str], ...] = ()  # (key, JSON) returned, with a SUCCESS outcome
     started_at_unix: float = 0.0  # an outcome whose STARTED was never sent: when it started
     traceparent: str | None = None  # the attempt's task.execute span, sent as gRPC metadata
-    # Eager dispatch: a success whose slot the worker keeps for an attempt the reply may carry
+    # Eager dispatch: a success that offers its slot for an attempt the reply may carry
     offers_slot: bool = False
     dag_id: str = ""
     task_id: str = ""
