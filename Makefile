@@ -44,6 +44,7 @@ protos: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m loadtest run chain --profile quick --workers 2
 	$(BIN)/python -m loadtest run fanout --profile quick --workers 2
+	$(BIN)/python -m loadtest run chain --profile quick --workers 2 --size 60 --py-spy
 
 # Every scenario at full size (about 15 minutes on 2 cores); figures in docs/performance.md.
 bench-full: $(STAMP)

@@ -10,12 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from loadtest.aims import missed_floors
 from loadtest.netpart import PartitionMethod
+from loadtest.profiling import find_py_spy
 from loadtest.runner import RunOptions, run_scenario
 from loadtest.scenarios import Profile, Scenario, TaskKind, plan_for
 from tradewind.errors import BadInputError
 
-__all__ = ["EXIT_HARNESS", "EXIT_USAGE", "build_parser", "main", "parse_settings"]
+__all__ = ["EXIT_HARNESS", "EXIT_USAGE", "build_parser", "main", "parse_settings", "verdict_line"]
 
 EXIT_USAGE = 2
 EXIT_HARNESS = 3
@@ -59,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a setting for every process: scheduler.zombie_threshold_s=5 or TRADEWIND__...",
     )
+    run.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="sample the cluster's Python processes with py-spy while the load runs; the "
+        "report shows where the hottest one spends its time",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
 
@@ -91,7 +99,9 @@ def _list() -> int:
     return 0
 
 
-def _verdict(results: dict[str, Any]) -> str:
+def verdict_line(results: dict[str, Any]) -> str:
+    """The one line the command prints: PASS/FAIL, latency, throughput, what failed or fell
+    below its floor."""
     if results.get("skipped"):
         return f"SKIPPED {results['scenario']}: {results['skipped']}"
     lat = results["task_latency_ms"]
@@ -105,7 +115,19 @@ def _verdict(results: dict[str, Any]) -> str:
         line += "; failed: " + ", ".join(failed)
     if results.get("fault_skipped"):
         line += f"; fault skipped: {results['fault_skipped']}"
+    below = missed_floors(results.get("aims") or {})
+    if below:
+        line += "; below the floor: " + "; ".join(below)
     return line
+
+
+def _py_spy(wanted: bool) -> str | None:
+    if not wanted:
+        return None
+    found = find_py_spy()
+    if found is None:
+        raise BadInputError("--py-spy needs py-spy (pip install py-spy, or `make venv`)")
+    return found
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -129,9 +151,10 @@ def _run(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         kill_tree=args.kill_tree,
         partition_method=PartitionMethod(args.partition) if args.partition else None,
+        py_spy=_py_spy(args.py_spy),
     )
     outcome = run_scenario(options)
-    print(_verdict(outcome.results))
+    print(verdict_line(outcome.results))
     print(f"report: {outcome.run_dir / 'summary.md'}")
     return outcome.exit_code
 

@@ -150,12 +150,82 @@ def _invariants(r: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _verdict(row: dict[str, Any], target: str) -> str:
+    met, times = row[f"{target}_met"], row[f"times_the_{target}"]
+    if met is None:
+        return "-"
+    if met:
+        return "met"
+    return f"**missed** ({times}x)" if times is not None else "**missed**"
+
+
+def _aims(r: dict[str, Any]) -> list[str]:
+    aims = r.get("aims")
+    if not aims:
+        return []
+    lines = ["## Against the aims", "", f"Aims and floors from {aims['source']}."]
+    if not aims["comparable"]:
+        lines += ["", "**This run's set-up differs:** " + "; ".join(aims["differences"]) + "."]
+    lines += [
+        "",
+        "| measure | value | aim | floor | aim | floor |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in aims["measures"]:
+        unit = f" {row['unit']}" if row["unit"] else ""
+        sign = "≤" if row["lower_is_better"] else "≥"
+        lines.append(
+            f"| {row['name']} | {_fmt(row['value'])}{unit} | {sign} {row['aim']:g}{unit} | "
+            f"{sign} {row['floor']:g}{unit} | {_verdict(row, 'aim')} | {_verdict(row, 'floor')} |"
+        )
+    if aims["aims_met"] is False and not r.get("profile"):
+        lines += ["", "Run again with `--py-spy` to see where the hottest process spends its time."]
+    return [*lines, ""]
+
+
+def _profile(r: dict[str, Any]) -> list[str]:
+    prof = r.get("profile")
+    if not prof:
+        return []
+    lines = [
+        "## Where the time goes (py-spy)",
+        "",
+        f"{prof['rate_hz']} samples/s of each Python process, {prof['samples_are']}; "
+        f"py-spy itself used {_fmt(prof['profiler_cpu_s'])} CPU s on the same machine.",
+        "",
+        "| process | CPU s in the load | samples | raw |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {p['name']} ({p['role']}) | {_fmt(p['cpu_s'])} | {p['samples']} | {p['raw']} |"
+        for p in prof["processes"]
+    ]
+    hot = prof["hottest"]
+    if hot is None:
+        return [*lines, "", "_No samples: the processes held the GIL too briefly to be seen._", ""]
+    lines += [
+        "",
+        f"Hottest: **{hot['name']}** ({_fmt(hot['cpu_s'])} CPU s, {hot['samples']} samples).",
+        "",
+        "| share of samples (anywhere on the stack) | function | | share (leaf) | function |",
+        "|---|---|---|---|---|",
+    ]
+    for i in range(max(len(hot["inclusive"]), len(hot["self"]))):
+        inc = hot["inclusive"][i] if i < len(hot["inclusive"]) else None
+        own = hot["self"][i] if i < len(hot["self"]) else None
+        left = f"{inc['share']:.1%} | `{inc['function']}`" if inc else " | "
+        right = f"{own['share']:.1%} | `{own['function']}`" if own else " | "
+        lines.append(f"| {left} | | {right} |")
+    return [*lines, ""]
+
+
 def render_summary(r: dict[str, Any]) -> str:
     """summary.md."""
     lines = _header(r)
     if r.get("skipped"):
         return "\n".join(lines)
-    lines += _latency_table(r) + _fault(r) + _resources(r) + _limits(r) + _invariants(r)
+    lines += _latency_table(r) + _aims(r) + _fault(r) + _resources(r) + _profile(r)
+    lines += _limits(r) + _invariants(r)
     plots = r.get("plots")
     if isinstance(plots, list):
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]

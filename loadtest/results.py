@@ -14,6 +14,7 @@ from typing import Any
 
 import psutil
 
+from loadtest.aims import judge
 from loadtest.chaos import Strike
 from loadtest.collect import PgCounters, StoreSnapshot
 from loadtest.invariants import Check, check_all
@@ -34,7 +35,14 @@ from loadtest.recovery import recover
 from loadtest.sampler import LimitPeak, SamplerResult
 from loadtest.scenarios import Plan, TaskKind
 
-__all__ = ["RESULTS_VERSION", "RunData", "build_results", "machine_info", "skipped_results"]
+__all__ = [
+    "RESULTS_VERSION",
+    "RunData",
+    "build_results",
+    "machine_info",
+    "plan_params",
+    "skipped_results",
+]
 
 RESULTS_VERSION = 1
 _SECRET_WORDS = ("TOKEN", "PASSWORD", "SECRET", "URL", "KEY")
@@ -64,6 +72,7 @@ class RunData:
     schedulers_started: int
     workers_started: int
     upstreams: dict[str, tuple[str, ...]]
+    profile: dict[str, Any] | None = None  # --py-spy: the profiler's summary
 
 
 def machine_info() -> dict[str, Any]:
@@ -90,7 +99,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _params(plan: Plan) -> dict[str, Any]:
+def plan_params(plan: Plan) -> dict[str, Any]:
+    """The plan as results.json's `params` (secret-looking settings masked)."""
     params: dict[str, Any] = _jsonable(plan)
     params["settings"] = {
         k: "***" if any(word in k for word in _SECRET_WORDS) else v
@@ -216,10 +226,10 @@ def build_results(data: RunData) -> dict[str, Any]:
     execution = _execution(data)
     checks = _invariants(data, execution)
     strike = data.strike
-    return {
+    results = {
         "version": RESULTS_VERSION,
         "scenario": plan.scenario.value,
-        "params": _params(plan),
+        "params": plan_params(plan),
         "machine": machine_info(),
         "cluster": {
             "schedulers": plan.schedulers,
@@ -252,7 +262,10 @@ def build_results(data: RunData) -> dict[str, Any]:
         "events": _events(data),
         "invariants": {name: c.to_dict() for name, c in checks.items()},
         "ok": all(c.ok for c in checks.values()),
+        "profile": data.profile,
     }
+    results["aims"] = judge(results)
+    return results
 
 
 def skipped_results(plan: Plan, reason: str) -> dict[str, Any]:
@@ -260,9 +273,11 @@ def skipped_results(plan: Plan, reason: str) -> dict[str, Any]:
     return {
         "version": RESULTS_VERSION,
         "scenario": plan.scenario.value,
-        "params": _params(plan),
+        "params": plan_params(plan),
         "machine": machine_info(),
         "skipped": reason,
         "invariants": {},
         "ok": True,
+        "profile": None,
+        "aims": None,
     }

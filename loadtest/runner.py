@@ -23,6 +23,7 @@ from loadtest.collect import clock_offset_s, read_pg_counters, read_store
 from loadtest.dagfiles import task_graph, upstream_map, write_dag_files
 from loadtest.ledger import read_ledger
 from loadtest.netpart import PartitionMethod, open_partition
+from loadtest.profiling import Profiler, targets
 from loadtest.report import write_report
 from loadtest.results import RunData, build_results, skipped_results
 from loadtest.sampler import Progress, Sampler
@@ -47,6 +48,7 @@ class RunOptions:
     kill_tree: bool = False
     partition_method: PartitionMethod | None = None
     plots: bool = True
+    py_spy: str | None = None  # py-spy's path: sample the cluster's Python processes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -263,6 +265,11 @@ def _execute(options: RunOptions, run_dir: Path, console: Console) -> RunData:
         offset = clock_offset_s(engine)
         chaos = Chaos(plan, cluster, engine, partition=partition, kill_tree=options.kill_tree)
         sampler.mark_baseline()
+        profiler = None
+        if options.py_spy is not None:
+            profiler = Profiler(run_dir / "profiles", options.py_spy)
+            stack.callback(profiler.abort)
+            profiler.start(targets((r.value, n, pid) for r, n, pid in cluster.measured()))
         harness_before = os.times()
         pg_before = read_pg_counters(engine)
         load_start = time.time()
@@ -271,6 +278,7 @@ def _execute(options: RunOptions, run_dir: Path, console: Console) -> RunData:
         stalled = _wait(plan, cluster, sampler, chaos, console, dag_ids)
         chaos.heal_now()
         load_end = time.time()
+        profile = profiler.stop() if profiler is not None else None
         usage = sampler.stop()
         harness_after = os.times()
         pg_after = read_pg_counters(engine)
@@ -302,6 +310,7 @@ def _execute(options: RunOptions, run_dir: Path, console: Console) -> RunData:
         schedulers_started=schedulers_started,
         workers_started=workers_started,
         upstreams=upstream_map(task_graph(plan.shape.kind, plan.shape.size)),
+        profile=profile,
     )
 
 

@@ -20,7 +20,9 @@ __all__ = [
     "Progress",
     "Sampler",
     "SamplerResult",
+    "children_map",
     "cpu_ticks",
+    "own_cpu_ticks",
     "peak_rss_kb",
 ]
 
@@ -80,6 +82,12 @@ def cpu_ticks(pid: int) -> int | None:
     """utime + stime + cutime + cstime of one process from /proc/<pid>/stat (clock ticks)."""
     fields = _stat_fields(pid)
     return None if fields is None else sum(int(v) for v in fields[11:15])
+
+
+def own_cpu_ticks(pid: int) -> int | None:
+    """utime + stime of one process alone, its children left out (clock ticks)."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[11]) + int(fields[12])
 
 
 def peak_rss_kb(pid: int) -> int | None:

@@ -55,7 +55,7 @@ def test_chain_through_the_command_line(pg_admin_url: str, tmp_path: Path) -> No
     cmd = [sys.executable, "-m", "loadtest", "run", "chain", "--profile", "tiny"]
     # a relative --out, as `make bench` gives: the cluster's processes run inside the run's
     # folder, so every path handed to them must be absolute
-    cmd += ["--database-url", pg_admin_url, "--out", "results", "--quiet"]
+    cmd += ["--database-url", pg_admin_url, "--out", "results", "--quiet", "--py-spy"]
     root = Path(__file__).resolve().parents[2]  # loadtest/ is not installed: run from here
     env = {
         **os.environ,
@@ -82,7 +82,21 @@ def test_chain_through_the_command_line(pg_admin_url: str, tmp_path: Path) -> No
     assert r["ledger"]["executions"] == 12
     assert r["ledger"]["identity"] in ("template", "env", "static")
     assert any(name.startswith("s0#") for name in r["peak_rss_mb"])
-    assert "# Load test `chain` (tiny): PASS" in (run_dir / "summary.md").read_text()
+    summary = (run_dir / "summary.md").read_text()
+    assert "# Load test `chain` (tiny): PASS" in summary
+    # the aims are issue 8's, for the quick profile: a tiny run says it is not comparable
+    assert r["aims"]["comparable"] is False
+    assert [m["name"] for m in r["aims"]["measures"]] == [
+        "task latency p50",
+        "task latency p99",
+        "invariant violations",
+    ]
+    assert "## Against the aims" in summary
+    # --py-spy: every scheduler sampled while the load ran, its raw samples kept
+    prof = r["profile"]
+    assert sorted(p["name"] for p in prof["processes"]) == ["s0", "s1"]
+    assert all((run_dir / p["raw"]).exists() for p in prof["processes"])
+    assert "## Where the time goes (py-spy)" in summary
     if importlib.util.find_spec("matplotlib") is not None:
         assert r["plots"] == ["latency_hist.png", "latency_over_time.png", "throughput.png"]
         assert all((run_dir / name).stat().st_size > 0 for name in r["plots"])
