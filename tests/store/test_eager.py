@@ -168,12 +168,27 @@ def test_a_success_hands_the_next_task_to_its_worker(database: Database) -> None
     assert examine_after(database) is None
 
 
+def b_token(database: Database) -> int:
+    return int(
+        database.read(
+            lambda c: c.execute(
+                sa.text("SELECT token FROM task_instance WHERE task_id = 'b'")
+            ).scalar_one()
+        )
+    )
+
+
 def test_the_handed_attempt_is_fenced_like_any_other(database: Database) -> None:
     q = setup(database)
+    before = b_token(database)
     handed = succeed(database, q, eager_plan(CHAIN, "h1", "a")).handed
     assert handed is not None
+    # the handover issued a token of its own, as queueing does: one the task instance never
+    # had before, so nothing sent under an older one can pass for this attempt
+    assert handed.token == before + 1
+    assert b_token(database) == handed.token
     stale, _ = database.transaction(
-        lambda c: record_start(c, handed.ti_id, handed.token - 1, worker_id="w1", now=ENDED)
+        lambda c: record_start(c, handed.ti_id, before, worker_id="w1", now=ENDED)
     )
     assert not stale.accepted
     started, _ = database.transaction(
