@@ -4,6 +4,7 @@ workers, and oversized, malformed, unknown or unauthenticated calls get clear re
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,8 +14,11 @@ import pytest
 import sqlalchemy as sa
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests.store.test_eager import CHAIN, succeed
+from tests.store.test_eager import setup as eager_setup
 from tests.support.factories import insert_dag, insert_run, insert_ti
 from tradewind.scheduling.admission import admit
+from tradewind.spec_codec import spec_to_json
 from tradewind_cluster.config import TracingSettings
 from tradewind_cluster.observability.metrics import Metrics, RecordingSink
 from tradewind_cluster.observability.tracing import (
@@ -30,7 +34,9 @@ from tradewind_cluster.scheduler.context import SchedulerContext
 from tradewind_cluster.scheduler.reports import ReportHandler
 from tradewind_cluster.store.attempts import requeue_attempt
 from tradewind_cluster.store.database import Database
+from tradewind_cluster.store.eager import eager_plan
 from tradewind_cluster.store.queueing import QueuedAttempt, queue_pool
+from tradewind_cluster.store.schema import serialized_dag
 from tradewind_proto.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 pytestmark = pytest.mark.cluster
@@ -216,6 +222,39 @@ def test_a_declined_handed_attempt_goes_back_to_scheduled(cluster: Cluster) -> N
     again = report(stub, a, pb.ATTEMPT_EVENT_DECLINED, worker="w1")  # sent twice: nothing to undo
     assert not again.accepted  # requeued: the worker is cleared, the attempt is no longer its
     assert ti_state(cluster.db, a) == "scheduled"
+
+
+def test_a_success_sent_again_carries_what_it_handed_once_more(cluster: Cluster) -> None:
+    """Eager dispatch: the success of `a` was applied and handed `b` to w1, but the reply was
+    lost. The same report sent again (or a late copy of the first) is answered with `b`'s
+    request once more, under the same token, and `b` stays queued for w1: the worker starts it
+    if it never heard of it and ignores it if it runs it already. Nothing is queued twice."""
+    q = eager_setup(cluster.db)
+    cluster.db.statement(
+        lambda c: c.execute(sa.update(serialized_dag).values(data=json.loads(spec_to_json(CHAIN))))
+    )
+    handed = succeed(cluster.db, q, eager_plan(CHAIN, "h1", "a")).handed
+    assert handed is not None
+    assert handed.task_id == "b"
+    stub = cluster.stub()
+    offer = {"offers_slot": True, "dag_id": "d", "task_id": "a", "exit_code": 0}
+    for _ in range(2):
+        reply = report(stub, q, pb.ATTEMPT_EVENT_SUCCESS, **offer)
+        assert (reply.accepted, reply.reason) == (True, "duplicate: already recorded")
+        assert [(n.attempt.ti_id, n.attempt.token, n.task_id) for n in reply.next] == [
+            (handed.ti_id, handed.token, "b")
+        ]
+        assert reply.next[0].try_number == 1
+    assert ti_state(cluster.db, handed) == "queued"
+    assert cluster.sink.total("scheduler.tasks.requeued") == 0
+    # not sent again without the offer, nor to another worker
+    assert list(report(stub, q, pb.ATTEMPT_EVENT_SUCCESS, exit_code=0).next) == []
+    other = report(stub, q, pb.ATTEMPT_EVENT_SUCCESS, worker="w2", **offer)
+    assert not other.accepted
+    assert list(other.next) == []
+    # once b has started on w1, the worker has it: nothing to send again
+    assert report(stub, handed, pb.ATTEMPT_EVENT_STARTED).accepted
+    assert list(report(stub, q, pb.ATTEMPT_EVENT_SUCCESS, **offer).next) == []
 
 
 def test_a_failure_with_a_branch_choice_is_recorded(cluster: Cluster) -> None:

@@ -324,3 +324,15 @@ def test_an_attempt_handed_in_a_reply_runs_or_is_declined(cluster: Cluster) -> N
     )
     assert "queue 'gpu' is not served" in declined[0].error
     wait_idle(cluster)
+    # The same request once more, as the reply to a success sent twice carries it: the worker
+    # knows the attempt (it ran it) and neither runs it again nor declines it.
+    later = cluster.ti()
+    with cluster.fake.lock:
+        cluster.fake.hand[(later, 1)] = [cluster.request("true", handed)]
+    assert cluster.execute("true", ti=later)[1].accepted
+    assert cluster.fake.final_report(later).offers_slot
+    time.sleep(0.5)  # room for a second run or a DECLINED to show up, were there one
+    wait_idle(cluster)
+    events = [r.event for r in cluster.fake.reports_for(handed)]
+    assert events.count(SUCCESS) == 1
+    assert DECLINED not in events

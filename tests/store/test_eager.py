@@ -436,10 +436,14 @@ def test_a_report_sent_again_finds_what_it_handed(database: Database) -> None:
     q = setup(database)
     handed = succeed(database, q, eager_plan(CHAIN, "h1", "a")).handed
     assert handed is not None
-    assert database.read(lambda c: handed_again(c, q.ti_id, q.token, "w1")) == [
-        (handed.ti_id, handed.token)
-    ]
+    # as the handover returned it: the reply to the report sent again is built from it alike
+    assert database.read(lambda c: handed_again(c, q.ti_id, q.token, "w1")) == [handed]
     assert database.read(lambda c: handed_again(c, q.ti_id, q.token, "w2")) == []
+    database.transaction(
+        lambda c: record_start(c, handed.ti_id, handed.token, worker_id="w1", now=ENDED)
+    )
+    # started: the worker has it, there is nothing to send again
+    assert database.read(lambda c: handed_again(c, q.ti_id, q.token, "w1")) == []
 
 
 CHAINS = DagSpec(

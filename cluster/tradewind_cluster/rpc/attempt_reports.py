@@ -8,12 +8,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from tradewind.errors import BadInputError
 from tradewind.scheduling.retries import AttemptOutcome
 from tradewind.states import TaskInstanceState
-from tradewind_cluster.scheduler.handover import handed_request
+from tradewind_cluster.scheduler.handover import handed_request, request_again
 from tradewind_cluster.scheduler.reports import ReportHandler
 from tradewind_cluster.store import attempts as store_attempts
 from tradewind_cluster.store import eager as store_eager
@@ -59,16 +59,17 @@ class AttemptReports:
         self, request: scheduler_pb2.AttemptReport, ti_id: int, token: int, worker_id: str
     ) -> tuple[ReportResult, list[worker_pb2.ExecuteRequest]]:
         """The report's result, and the attempts its reply hands the worker."""
+        again: list[worker_pb2.ExecuteRequest] = []
         if request.event == _pb.ATTEMPT_EVENT_STARTED:
             result = self._started(ti_id, token, worker_id)
         elif request.event in _OUTCOMES:
-            result = self._finished(request, ti_id, token, worker_id)
+            result, again = self._finished(request, ti_id, token, worker_id)
         elif request.event == _pb.ATTEMPT_EVENT_DECLINED:
             result = self._declined(ti_id, token, worker_id, request.error)
         else:
             unknown = event_name(request.event)
             result = ReportResult(accepted=False, reason=f"unknown attempt event {unknown}")
-        return result, self._next_safely(result) if result.handed is not None else []
+        return result, self._next_safely(result) if result.handed is not None else again
 
     def scope(self, ti_id: int, token: int) -> AttemptScope | None:
         """The task instance and attempt a report or call names (autocommit read)."""
@@ -104,7 +105,9 @@ class AttemptReports:
     # -- outcomes ------------------------------------------------------------------------
     def _finished(
         self, request: scheduler_pb2.AttemptReport, ti_id: int, token: int, worker_id: str
-    ) -> ReportResult:
+    ) -> tuple[ReportResult, list[worker_pb2.ExecuteRequest]]:
+        """The outcome applied, or recognised as one this worker sent before; a success sent
+        again with its slot offered gets the requests its first delivery handed, once more."""
         outcome = _OUTCOMES[request.event]
         error = request.error or None
         plain = type(self.xcom_backend) is DatabaseXComBackend
@@ -137,24 +140,47 @@ class AttemptReports:
             offer=(request.dag_id, request.task_id) if request.offers_slot else None,
         )
         if result.accepted:
-            return result
+            return result, []
         scope = self.scope(ti_id, token)
         if (
-            scope is not None
-            and scope.is_current
-            and scope.attempt_state == outcome.value
-            and scope.worker == worker_id
+            scope is None
+            or not scope.is_current
+            or scope.attempt_state != outcome.value
+            or scope.worker != worker_id
         ):
-            if request.offers_slot:
-                # sent again: the first delivery's reply was lost, so what it handed the worker
-                # never reached it
-                self._back_to_scheduled(
-                    lambda c: store_eager.handed_again(c, ti_id, token, worker_id),
-                    "eager dispatch: the reply to the worker was lost",
-                    count_as="eager_reply_lost",
-                )
-            return ReportResult(accepted=True, reason="duplicate: already recorded")
-        return result
+            return result, []
+        duplicate = ReportResult(accepted=True, reason="duplicate: already recorded")
+        return duplicate, self._handed_again(ti_id, token, worker_id) if request.offers_slot else []
+
+    def _handed_again(
+        self, ti_id: int, token: int, worker_id: str
+    ) -> list[worker_pb2.ExecuteRequest]:
+        """A success sent again: either the reply to the delivery applied was lost, so the
+        worker never heard of what it handed, or this is a late copy of a delivery whose reply
+        did arrive, and the worker runs the handed attempt already. The reply carries the same
+        requests once more and the worker starts only those it does not know (admission is
+        idempotent per token). Putting them back to scheduled instead would run twice one that
+        a late copy finds still queued. One whose request no longer builds stays queued for
+        the queued timeout to take back."""
+        handed = self.db.read(lambda c: store_eager.handed_again(c, ti_id, token, worker_id))
+        out = []
+        for q in handed:
+            try:
+                request = request_again(self.ctx, q)
+            except Exception:
+                log.exception("cannot build the handed attempt %s/%s again", q.ti_id, q.token)
+                request = None
+            if request is not None:
+                out.append(request)
+        if out:
+            log.info(
+                "success of %s/%s sent again by %s: its handed attempts go out once more",
+                ti_id,
+                token,
+                worker_id,
+                extra={"event": "eager_sent_again", "attempt": ti_id},
+            )
+        return out
 
     def _keep_returned(
         self, ti_id: int, token: int, stored: Sequence[tuple[str, str]], conn: Connection,
@@ -226,7 +252,12 @@ class AttemptReports:
             request, why = None, "its request could not be built"
         if request is not None:
             return [request]
-        self._back_to_scheduled(lambda c: [(q.ti_id, q.token)], f"eager dispatch: {why}")
+        reason = f"eager dispatch: {why}"
+        now = self.ctx.clock()
+        if self.db.transaction(
+            lambda c: store_attempts.requeue_attempt(c, q.ti_id, q.token, reason=reason, now=now)
+        ):
+            self.reports.on_change()  # the loop queues it again
         return []
 
     def _declined(self, ti_id: int, token: int, worker_id: str, why: str) -> ReportResult:
@@ -249,26 +280,3 @@ class AttemptReports:
             self.metrics.incr("scheduler.tasks.requeued", reason="dispatch_failed")
             self.reports.on_change()
         return result
-
-    def _back_to_scheduled(
-        self,
-        pick: Callable[[Connection], Sequence[tuple[int, int]]],
-        reason: str,
-        *,
-        count_as: str | None = None,
-    ) -> None:
-        """Requeue the handed attempts `pick` names (still queued under their tokens) in one
-        transaction, and wake this replica's loop to queue them again."""
-        now = self.ctx.clock()
-
-        def requeue(conn: Connection) -> int:
-            return sum(
-                store_attempts.requeue_attempt(conn, ti_id, token, reason=reason, now=now)
-                for ti_id, token in pick(conn)
-            )
-
-        moved = self.db.transaction(requeue)
-        if moved:
-            if count_as is not None:
-                self.metrics.incr("scheduler.tasks.requeued", moved, reason=count_as)
-            self.reports.on_change()

@@ -21,11 +21,12 @@ from tradewind_cluster.scheduler.context import SchedulerContext
 from tradewind_cluster.scheduler.dispatching import dispatch_request
 from tradewind_cluster.scheduler.examiner import schedule_span_key
 from tradewind_cluster.scheduler.execute_requests import build_execute_request
+from tradewind_cluster.scheduler.specs import CachedDag
 from tradewind_cluster.store import attempts as store_attempts
 from tradewind_cluster.store.queueing import QueuedAttempt
 from tradewind_proto.v1 import worker_pb2
 
-__all__ = ["handed_request"]
+__all__ = ["handed_request", "request_again"]
 
 _tracer = tracer(__name__)
 
@@ -33,6 +34,35 @@ _tracer = tracer(__name__)
 def handed_request(ctx: SchedulerContext, q: QueuedAttempt) -> worker_pb2.ExecuteRequest | None:
     """The request for an attempt a report handed its worker; None when its DAG's version is
     gone from the store (the caller puts the attempt back to scheduled)."""
+    cached = _cached_dag(ctx, q)
+    if cached is None:
+        return None
+    waited = q.scheduled_for
+    if q.first_try and waited is not None:
+        ctx.metrics.timing(
+            "task.scheduled_duration", max(0.0, waited), dag_id=q.dag_id, task_id=q.task_id
+        )
+    assert q.run is not None
+    parent = _trace(ctx, q)
+    return build_execute_request(
+        dispatch_request(q, cached, q.run), traceparent=parent or q.run_trace_context
+    )
+
+
+def request_again(ctx: SchedulerContext, q: QueuedAttempt) -> worker_pb2.ExecuteRequest | None:
+    """The request of an attempt handed before, for the reply to the same report sent again:
+    as `handed_request` builds it, without recording its spans and metric a second time."""
+    cached = _cached_dag(ctx, q)
+    if cached is None:
+        return None
+    assert q.run is not None
+    return build_execute_request(
+        dispatch_request(q, cached, q.run), traceparent=q.run_trace_context
+    )
+
+
+def _cached_dag(ctx: SchedulerContext, q: QueuedAttempt) -> CachedDag | None:
+    """The DAG version the attempt's run names, when it still has the attempt's task."""
     assert q.run is not None
     spec_hash = q.run.spec_hash
     if spec_hash is None:
@@ -44,15 +74,7 @@ def handed_request(ctx: SchedulerContext, q: QueuedAttempt) -> worker_pb2.Execut
     cached = dags.get(q.dag_id)
     if cached is None or q.task_id not in cached.spec.tasks:
         return None
-    waited = q.scheduled_for
-    if q.first_try and waited is not None:
-        ctx.metrics.timing(
-            "task.scheduled_duration", max(0.0, waited), dag_id=q.dag_id, task_id=q.task_id
-        )
-    parent = _trace(ctx, q)
-    return build_execute_request(
-        dispatch_request(q, cached, q.run), traceparent=parent or q.run_trace_context
-    )
+    return cached
 
 
 def _trace(ctx: SchedulerContext, q: QueuedAttempt) -> str | None:

@@ -48,7 +48,7 @@ from tradewind_cluster.store.attempts import (
     ended_result,
 )
 from tradewind_cluster.store.prepared import PreparedStatement
-from tradewind_cluster.store.queueing import queued_from_row
+from tradewind_cluster.store.queueing import QueuedAttempt, queued_from_row
 
 __all__ = ["EagerPlan", "eager_plan", "handed_again", "record_ended_eager"]
 
@@ -295,20 +295,33 @@ def record_ended_eager(
 
 _HANDED_AGAIN = sa.text(
     """
-    SELECT h.id, h.token FROM task_instance f
+    SELECT h.id, h.token, h.try_number, h.dag_id, h.run_id, h.task_id, h.queue, h.pool,
+           h.logical_date, h.scheduled_at, h.queued_at, a.id AS attempt_id,
+           r.run_type, r.data_interval_start, r.data_interval_end, r.conf, r.trace_context,
+           sd.spec_hash
+    FROM task_instance f
     JOIN task_instance h ON h.run_pk = f.run_pk AND h.queued_at = f.end_date
+    JOIN task_attempt a ON a.ti_id = h.id AND a.token = h.token
+    JOIN dag_run r ON r.id = h.run_pk
+    LEFT JOIN serialized_dag sd ON sd.dag_id = h.dag_id
     WHERE f.id = :ti_id AND f.token = :token AND f.state = 'success'
       AND h.state = 'queued' AND h.worker = :worker
       AND h.reason = """
     + _HANDED_REASON.format(task="f.task_id")
     + """
     """
+).columns(
+    logical_date=sa.DateTime(timezone=True),
+    scheduled_at=sa.DateTime(timezone=True),
+    queued_at=sa.DateTime(timezone=True),
+    data_interval_start=sa.DateTime(timezone=True),
+    data_interval_end=sa.DateTime(timezone=True),
 )
 
 
-def handed_again(conn: Connection, ti_id: int, token: int, worker_id: str) -> list[tuple[int, int]]:
-    """(ti_id, token) of the attempts a success report of (ti_id, token) handed to this worker
-    that still wait for it: sent again, the report's first reply was lost, so the worker never
-    heard of them (the caller requeues them)."""
+def handed_again(conn: Connection, ti_id: int, token: int, worker_id: str) -> list[QueuedAttempt]:
+    """The attempts a success report of (ti_id, token) handed to this worker that are still
+    queued for it, as they were handed: what the reply to the same report sent again carries
+    once more (see AttemptReports)."""
     rows = conn.execute(_HANDED_AGAIN, {"ti_id": ti_id, "token": token, "worker": worker_id})
-    return [(r[0], r[1]) for r in rows]
+    return [queued_from_row(r._mapping, r.queued_at) for r in rows]
