@@ -115,8 +115,9 @@ def verdict_line(results: dict[str, Any]) -> str:
         line += "; failed: " + ", ".join(failed)
     if results.get("fault_skipped"):
         line += f"; fault skipped: {results['fault_skipped']}"
-    below = missed_floors(results.get("aims") or {})
-    if below:
+    aims = results.get("aims") or {}
+    below = missed_floors(aims) if aims.get("comparable") else []
+    if below:  # a run set up otherwise is judged in summary.md, not here
         line += "; below the floor: " + "; ".join(below)
     return line
 

@@ -12,8 +12,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ TOP = 15
 FORKSERVER_MARK = "tradewind_cluster.worker.forkserver"
 _TICK = os.sysconf("SC_CLK_TCK")
 _STOP_WAIT_S = 10.0
+_ATTACH_WAIT_S = 5.0
+_SAMPLING = "Sampling process"
 _LINE_NUMBER = re.compile(r":\d+\)$")
 # Frames at the root of every thread's stack: listed, they would top every inclusive table.
 _TRAMPOLINES = frozenset(
@@ -120,6 +123,7 @@ class _Recording:
     target: Target
     popen: subprocess.Popen[bytes]
     raw: Path
+    log: Path
     cpu_before: int
     cpu_after: int | None = None
     spy_cpu: int = 0
@@ -139,8 +143,7 @@ class Profiler:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         for target in found:
             raw = self.out_dir / f"{target.name}.txt"
-            log = (self.out_dir / f"{target.name}.log").open("wb")
-            with log:
+            with raw.with_suffix(".log").open("wb") as log:
                 popen = subprocess.Popen(
                     [
                         self.executable,
@@ -162,13 +165,29 @@ class Profiler:
                 )
             self._recordings.append(
                 _Recording(
-                    target=target, popen=popen, raw=raw, cpu_before=own_cpu_ticks(target.pid) or 0
+                    target=target,
+                    popen=popen,
+                    raw=raw,
+                    log=raw.with_suffix(".log"),
+                    cpu_before=own_cpu_ticks(target.pid) or 0,
                 )
             )
+        self._wait_attached()
 
-    def stop(self) -> dict[str, Any]:
-        """Stop sampling (py-spy writes its file on SIGINT) and summarize: every process's CPU
-        and sample count, and the hottest one's functions."""
+    def _wait_attached(self) -> None:
+        """Until every py-spy says it samples (or gave up): attaching costs CPU, and it should
+        not fall into the load's window."""
+        deadline = time.monotonic() + _ATTACH_WAIT_S
+        pending = list(self._recordings)
+        while pending and time.monotonic() < deadline:
+            pending = [
+                r for r in pending if r.popen.poll() is None and _SAMPLING not in _read(r.log)
+            ]
+            if pending:
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop sampling: py-spy writes its file on SIGINT. A target's own CPU is read first."""
         for rec in self._recordings:
             rec.cpu_after = own_cpu_ticks(rec.target.pid)
             rec.spy_cpu = own_cpu_ticks(rec.popen.pid) or 0
@@ -180,7 +199,6 @@ class Profiler:
             except subprocess.TimeoutExpired:
                 rec.popen.kill()
                 rec.popen.wait()
-        return self._summary()
 
     def abort(self) -> None:
         """Kill any py-spy still running (the run failed before `stop()`)."""
@@ -190,22 +208,11 @@ class Profiler:
                     rec.popen.kill()
                 rec.popen.wait()
 
-    def _summary(self) -> dict[str, Any]:
-        processes = []
-        for rec in self._recordings:
-            text = rec.raw.read_text(errors="replace") if rec.raw.exists() else ""
-            cpu = None if rec.cpu_after is None else (rec.cpu_after - rec.cpu_before) / _TICK
-            processes.append(
-                {
-                    "role": rec.target.role,
-                    "name": rec.target.name,
-                    "pid": rec.target.pid,
-                    "cpu_s": None if cpu is None else round(cpu, 3),
-                    "raw": str(rec.raw.relative_to(self.out_dir.parent)),
-                    **summarize_raw(text),
-                }
-            )
-        # A process killed by the fault has no CPU figure of its own at the end: it ranks last.
+    def summary(self, fallback_cpu_s: Mapping[int, float] | None = None) -> dict[str, Any]:
+        """Every process's CPU, samples and py-spy's own account of the sampling, and the
+        hottest one's functions. A target gone before the end (killed by the fault) has no
+        CPU reading of its own left: `fallback_cpu_s` (pid -> CPU s, the sampler's) stands in."""
+        processes = [self._process(rec, fallback_cpu_s or {}) for rec in self._recordings]
         processes.sort(key=lambda p: -1.0 if p["cpu_s"] is None else p["cpu_s"], reverse=True)
         with_samples = [p for p in processes if p["samples"]]
         return {
@@ -215,7 +222,35 @@ class Profiler:
             "profiler_cpu_s": round(sum(r.spy_cpu for r in self._recordings) / _TICK, 3),
             "hottest": with_samples[0] if with_samples else None,
             "processes": [
-                {k: p[k] for k in ("role", "name", "pid", "cpu_s", "samples", "raw")}
+                {k: p[k] for k in ("role", "name", "pid", "cpu_s", "samples", "raw", "problem")}
                 for p in processes
             ],
         }
+
+    def _process(self, rec: _Recording, fallback_cpu_s: Mapping[int, float]) -> dict[str, Any]:
+        text = rec.raw.read_text(errors="replace") if rec.raw.exists() else ""
+        if rec.cpu_after is not None:
+            cpu: float | None = (rec.cpu_after - rec.cpu_before) / _TICK
+        else:
+            cpu = fallback_cpu_s.get(rec.target.pid)
+        log = _read(rec.log)
+        problem = None
+        if rec.popen.returncode != 0 or not rec.raw.exists():
+            lines = [line for line in log.splitlines() if line.strip()]
+            problem = f"py-spy exited {rec.popen.returncode}: {lines[-1] if lines else 'no output'}"
+        return {
+            "role": rec.target.role,
+            "name": rec.target.name,
+            "pid": rec.target.pid,
+            "cpu_s": None if cpu is None else round(cpu, 3),
+            "raw": str(rec.raw.relative_to(self.out_dir.parent)),
+            "problem": problem,
+            **summarize_raw(text),
+        }
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""

@@ -174,8 +174,9 @@ def _aims(r: dict[str, Any]) -> list[str]:
     for row in aims["measures"]:
         unit = f" {row['unit']}" if row["unit"] else ""
         sign = "≤" if row["lower_is_better"] else "≥"
+        value = "never" if row["never"] else f"{_fmt(row['value'])}{unit}"
         lines.append(
-            f"| {row['name']} | {_fmt(row['value'])}{unit} | {sign} {row['aim']:g}{unit} | "
+            f"| {row['name']} | {value} | {sign} {row['aim']:g}{unit} | "
             f"{sign} {row['floor']:g}{unit} | {_verdict(row, 'aim')} | {_verdict(row, 'floor')} |"
         )
     if aims["aims_met"] is False and not r.get("profile"):
@@ -197,12 +198,15 @@ def _profile(r: dict[str, Any]) -> list[str]:
         "|---|---|---|---|",
     ]
     lines += [
-        f"| {p['name']} ({p['role']}) | {_fmt(p['cpu_s'])} | {p['samples']} | {p['raw']} |"
+        f"| {p['name']} ({p['role']}) | {_fmt(p['cpu_s'])} | {p['samples']} | "
+        + (f"**{p['problem']}** |" if p["problem"] else f"{p['raw']} |")
         for p in prof["processes"]
     ]
     hot = prof["hottest"]
     if hot is None:
-        return [*lines, "", "_No samples: the processes held the GIL too briefly to be seen._", ""]
+        failed = any(p["problem"] for p in prof["processes"])
+        why = "py-spy could not sample (see above)" if failed else "no process held the GIL"
+        return [*lines, "", f"_No samples: {why}._", ""]
     lines += [
         "",
         f"Hottest: **{hot['name']}** ({_fmt(hot['cpu_s'])} CPU s, {hot['samples']} samples).",

@@ -265,11 +265,7 @@ def _execute(options: RunOptions, run_dir: Path, console: Console) -> RunData:
         offset = clock_offset_s(engine)
         chaos = Chaos(plan, cluster, engine, partition=partition, kill_tree=options.kill_tree)
         sampler.mark_baseline()
-        profiler = None
-        if options.py_spy is not None:
-            profiler = Profiler(run_dir / "profiles", options.py_spy)
-            stack.callback(profiler.abort)
-            profiler.start(targets((r.value, n, pid) for r, n, pid in cluster.measured()))
+        profiler = _start_profiler(options.py_spy, run_dir, cluster, stack)
         harness_before = os.times()
         pg_before = read_pg_counters(engine)
         load_start = time.time()
@@ -278,8 +274,10 @@ def _execute(options: RunOptions, run_dir: Path, console: Console) -> RunData:
         stalled = _wait(plan, cluster, sampler, chaos, console, dag_ids)
         chaos.heal_now()
         load_end = time.time()
-        profile = profiler.stop() if profiler is not None else None
+        if profiler is not None:
+            profiler.stop()
         usage = sampler.stop()
+        profile = profiler.summary({u.pid: u.cpu_s for u in usage.usage}) if profiler else None
         harness_after = os.times()
         pg_after = read_pg_counters(engine)
         died = _unexpected_exits(cluster)
@@ -312,6 +310,18 @@ def _execute(options: RunOptions, run_dir: Path, console: Console) -> RunData:
         upstreams=upstream_map(task_graph(plan.shape.kind, plan.shape.size)),
         profile=profile,
     )
+
+
+def _start_profiler(
+    py_spy: str | None, run_dir: Path, cluster: Cluster, stack: ExitStack
+) -> Profiler | None:
+    """--py-spy: sample the cluster's Python processes from now until the load ends."""
+    if py_spy is None:
+        return None
+    profiler = Profiler(run_dir / "profiles", py_spy)
+    stack.callback(profiler.abort)
+    profiler.start(targets((r.value, n, pid) for r, n, pid in cluster.measured()))
+    return profiler
 
 
 def _unexpected_exits(cluster: Cluster) -> list[str]:

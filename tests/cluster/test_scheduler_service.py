@@ -226,9 +226,9 @@ def test_a_declined_handed_attempt_goes_back_to_scheduled(cluster: Cluster) -> N
 
 def test_a_success_sent_again_carries_what_it_handed_once_more(cluster: Cluster) -> None:
     """Eager dispatch: the success of `a` was applied and handed `b` to w1, but the reply was
-    lost. The same report sent again (or a late copy of the first) is answered with `b`'s
-    request once more, under the same token, and `b` stays queued for w1: the worker starts it
-    if it never heard of it and ignores it if it runs it already. Nothing is queued twice."""
+    lost. The same report sent again (or a late copy of the first, whose reply goes nowhere)
+    is answered with `b`'s request once more, under the same token, and `b` stays queued for
+    w1. Nothing is queued twice."""
     q = eager_setup(cluster.db)
     cluster.db.statement(
         lambda c: c.execute(sa.update(serialized_dag).values(data=json.loads(spec_to_json(CHAIN))))
@@ -247,6 +247,7 @@ def test_a_success_sent_again_carries_what_it_handed_once_more(cluster: Cluster)
         assert reply.next[0].try_number == 1
     assert ti_state(cluster.db, handed) == "queued"
     assert cluster.sink.total("scheduler.tasks.requeued") == 0
+    assert cluster.sink.total("scheduler.tasks.eager_sent_again") == 2
     # not sent again without the offer, nor to another worker
     assert list(report(stub, q, pb.ATTEMPT_EVENT_SUCCESS, exit_code=0).next) == []
     other = report(stub, q, pb.ATTEMPT_EVENT_SUCCESS, worker="w2", **offer)

@@ -18,6 +18,7 @@ def results_of(scenario: Scenario, *, violations: int = 0, **measures: Any) -> d
     return {
         "scenario": scenario.value,
         "params": plan_params(plan),
+        "machine": {"cores": 2},
         "invariants": {
             "all_tis_succeeded": {"ok": violations == 0, "violations": violations},
             "tries_within_limit": {"ok": True, "violations": 0},
@@ -69,9 +70,20 @@ def test_recovery_times_and_a_fault_that_never_struck() -> None:
     fast = judge(results_of(Scenario.FAILOVER, failover_s=0.02))
     assert row(fast, "failover")["aim_met"] is True
     # the load finished before the kill: no failover time, neither met nor missed
-    skipped = judge(results_of(Scenario.FAILOVER, failover_s=None))
+    skipped = judge(results_of(Scenario.FAILOVER, failover_s=None, failover=None))
     assert row(skipped, "failover")["floor_met"] is None
     assert skipped["floors_met"] is True  # the invariants still count
+    # the kill found nothing in flight: nothing could move, neither met nor missed either
+    idle = judge(results_of(Scenario.FAILOVER, failover_s=None, failover={"in_flight": 0}))
+    assert row(idle, "failover")["floor_met"] is None
+    # the kill struck work that never moved: a miss, however long one waits
+    stuck = judge(
+        results_of(Scenario.WORKER_LOSS, worker_loss_recovery_s=None, worker_loss={"in_flight": 3})
+    )
+    lost = row(stuck, "worker-loss recovery")
+    assert (lost["never"], lost["aim_met"], lost["floor_met"]) == (True, False, False)
+    assert stuck["floors_met"] is False
+    assert missed_floors(stuck) == ["worker-loss recovery never (the work in flight did not move)"]
 
 
 def test_an_invariant_violation_misses_every_scenario_floor() -> None:
@@ -89,6 +101,14 @@ def test_a_run_set_up_otherwise_says_how() -> None:
     assert len(aims["differences"]) == 2
     assert any(d.startswith("workers 1 ") for d in aims["differences"])
     assert any(d.startswith("shape ") for d in aims["differences"])
+    # the aims are set for 2 cores, and a profiled run shares them with py-spy
+    r = results_of(Scenario.CHAIN, task_latency_ms={"p50": 30.0, "p99": 90.0})
+    r["machine"] = {"cores": 8}
+    r["profile"] = {"tool": "py-spy"}
+    assert judge(r)["differences"] == [
+        "8 cores (the aims are set for 2)",
+        "profiled with py-spy, which shares the machine",
+    ]
 
 
 def full_results(**measures: Any) -> dict[str, Any]:
@@ -99,6 +119,7 @@ def full_results(**measures: Any) -> dict[str, Any]:
     r["params"]["shape"] = {"kind": "chain", "dags": 20, "size": 10}
     r.update(
         machine={"cores": 2, "memory_mb": 24000, "python": "3.11"},
+        profile=None,
         cluster={
             "schedulers": 2,
             "workers": 2,
@@ -138,3 +159,8 @@ def test_the_summary_and_the_verdict_line_name_the_missed_floor() -> None:
     line = verdict_line(r)
     assert line.startswith("PASS chain: task latency p50 101.8 ms")
     assert line.endswith("; below the floor: task latency p50 101.8 ms, 2.04x the 50 ms floor")
+    # a run set up otherwise names no floor on its verdict line (summary.md still judges it)
+    r["params"]["workers"] = 1
+    r["aims"] = judge(r)
+    assert "below the floor" not in verdict_line(r)
+    assert "**This run's set-up differs:** workers 1" in render_summary(r)

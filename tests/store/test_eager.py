@@ -437,8 +437,18 @@ def test_a_report_sent_again_finds_what_it_handed(database: Database) -> None:
     handed = succeed(database, q, eager_plan(CHAIN, "h1", "a")).handed
     assert handed is not None
     # as the handover returned it: the reply to the report sent again is built from it alike
-    assert database.read(lambda c: handed_again(c, q.ti_id, q.token, "w1")) == [handed]
+    assert database.read(lambda c: handed_again(c, q.ti_id, q.token, "w1")) == [(handed, None)]
     assert database.read(lambda c: handed_again(c, q.ti_id, q.token, "w2")) == []
+    # with spans exported the handover stored its task.dispatch span's context: sent again,
+    # the request carries that parent too
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    database.statement(
+        lambda c: c.execute(
+            sa.text("UPDATE task_attempt SET trace_context = :tp WHERE ti_id = :i AND token = :t"),
+            {"tp": tp, "i": handed.ti_id, "t": handed.token},
+        )
+    )
+    assert database.read(lambda c: handed_again(c, q.ti_id, q.token, "w1")) == [(handed, tp)]
     database.transaction(
         lambda c: record_start(c, handed.ti_id, handed.token, worker_id="w1", now=ENDED)
     )

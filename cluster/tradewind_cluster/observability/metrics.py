@@ -141,6 +141,12 @@ _TABLE = (
         ("queue",),
     ),
     _spec(
+        "scheduler.tasks.eager_sent_again",
+        _C,
+        "Handed attempts sent once more in the reply to a success report sent again.",
+        ("queue",),
+    ),
+    _spec(
         "scheduler.dispatch.duration",
         _T,
         "Time of one dispatch RPC to a worker (an ExecuteBatch carries a pass's attempts for it).",

@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import Sequence
 
-from tradewind.errors import BadInputError
+from tradewind.errors import BadInputError, StoreUnavailableError
 from tradewind.scheduling.retries import AttemptOutcome
 from tradewind.states import TaskInstanceState
 from tradewind_cluster.scheduler.handover import handed_request, request_again
@@ -155,31 +155,26 @@ class AttemptReports:
     def _handed_again(
         self, ti_id: int, token: int, worker_id: str
     ) -> list[worker_pb2.ExecuteRequest]:
-        """A success sent again: either the reply to the delivery applied was lost, so the
-        worker never heard of what it handed, or this is a late copy of a delivery whose reply
-        did arrive, and the worker runs the handed attempt already. The reply carries the same
-        requests once more and the worker starts only those it does not know (admission is
-        idempotent per token). Putting them back to scheduled instead would run twice one that
-        a late copy finds still queued. One whose request no longer builds stays queued for
-        the queued timeout to take back."""
+        """A success sent again: the worker acts on one reply per report (the call it still
+        waits on), so every earlier reply was lost and it never heard of what the delivery
+        applied handed it. This reply carries the same requests once more, under the same
+        tokens; a late copy of an earlier delivery gets them too, but its caller is gone and
+        the reply goes nowhere. Putting them back to scheduled instead would run twice one a
+        late copy finds still queued while the worker runs it. One whose request no longer
+        builds (its task left the DAG) stays queued for the queued timeout to take back."""
         handed = self.db.read(lambda c: store_eager.handed_again(c, ti_id, token, worker_id))
         out = []
-        for q in handed:
+        for q, dispatched in handed:
             try:
-                request = request_again(self.ctx, q)
+                request = request_again(self.ctx, q, dispatched)
+            except StoreUnavailableError:
+                raise  # UNAVAILABLE: the worker sends the report again
             except Exception:
                 log.exception("cannot build the handed attempt %s/%s again", q.ti_id, q.token)
                 request = None
             if request is not None:
                 out.append(request)
-        if out:
-            log.info(
-                "success of %s/%s sent again by %s: its handed attempts go out once more",
-                ti_id,
-                token,
-                worker_id,
-                extra={"event": "eager_sent_again", "attempt": ti_id},
-            )
+                self.metrics.incr("scheduler.tasks.eager_sent_again", queue=q.queue)
         return out
 
     def _keep_returned(

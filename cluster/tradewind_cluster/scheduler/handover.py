@@ -49,15 +49,18 @@ def handed_request(ctx: SchedulerContext, q: QueuedAttempt) -> worker_pb2.Execut
     )
 
 
-def request_again(ctx: SchedulerContext, q: QueuedAttempt) -> worker_pb2.ExecuteRequest | None:
+def request_again(
+    ctx: SchedulerContext, q: QueuedAttempt, dispatched: str | None
+) -> worker_pb2.ExecuteRequest | None:
     """The request of an attempt handed before, for the reply to the same report sent again:
-    as `handed_request` builds it, without recording its spans and metric a second time."""
+    as `handed_request` builds it, under its task.dispatch span's traceparent when stored
+    (`dispatched`), without recording its spans and metric a second time."""
     cached = _cached_dag(ctx, q)
     if cached is None:
         return None
     assert q.run is not None
     return build_execute_request(
-        dispatch_request(q, cached, q.run), traceparent=q.run_trace_context
+        dispatch_request(q, cached, q.run), traceparent=dispatched or q.run_trace_context
     )
 
 

@@ -298,7 +298,7 @@ _HANDED_AGAIN = sa.text(
     SELECT h.id, h.token, h.try_number, h.dag_id, h.run_id, h.task_id, h.queue, h.pool,
            h.logical_date, h.scheduled_at, h.queued_at, a.id AS attempt_id,
            r.run_type, r.data_interval_start, r.data_interval_end, r.conf, r.trace_context,
-           sd.spec_hash
+           sd.spec_hash, a.trace_context AS dispatched_trace_context
     FROM task_instance f
     JOIN task_instance h ON h.run_pk = f.run_pk AND h.queued_at = f.end_date
     JOIN task_attempt a ON a.ti_id = h.id AND a.token = h.token
@@ -319,9 +319,12 @@ _HANDED_AGAIN = sa.text(
 )
 
 
-def handed_again(conn: Connection, ti_id: int, token: int, worker_id: str) -> list[QueuedAttempt]:
+def handed_again(
+    conn: Connection, ti_id: int, token: int, worker_id: str
+) -> list[tuple[QueuedAttempt, str | None]]:
     """The attempts a success report of (ti_id, token) handed to this worker that are still
-    queued for it, as they were handed: what the reply to the same report sent again carries
-    once more (see AttemptReports)."""
+    queued for it, as they were handed, each with the traceparent of its task.dispatch span
+    when one was stored: what the reply to the same report sent again carries once more (see
+    AttemptReports)."""
     rows = conn.execute(_HANDED_AGAIN, {"ti_id": ti_id, "token": token, "worker": worker_id})
-    return [queued_from_row(r._mapping, r.queued_at) for r in rows]
+    return [(queued_from_row(r._mapping, r.queued_at), r.dispatched_trace_context) for r in rows]
