@@ -30,6 +30,9 @@ _TICK = os.sysconf("SC_CLK_TCK")
 _STOP_WAIT_S = 10.0
 _ATTACH_WAIT_S = 5.0
 _SAMPLING = "Sampling process"
+# py-spy's last words: "Wrote raw flamegraph data to '...'. Samples: 244 Errors: 66". Errors are
+# samples it could not read (with --nonblocking a stack may change while it is read).
+_WROTE = re.compile(r"Samples: (\d+) Errors: (\d+)")
 _LINE_NUMBER = re.compile(r":\d+\)$")
 # Frames at the root of every thread's stack: listed, they would top every inclusive table.
 _TRAMPOLINES = frozenset(
@@ -222,7 +225,10 @@ class Profiler:
             "profiler_cpu_s": round(sum(r.spy_cpu for r in self._recordings) / _TICK, 3),
             "hottest": with_samples[0] if with_samples else None,
             "processes": [
-                {k: p[k] for k in ("role", "name", "pid", "cpu_s", "samples", "raw", "problem")}
+                {
+                    k: p[k]
+                    for k in ("role", "name", "pid", "cpu_s", "samples", "errors", "raw", "problem")
+                }
                 for p in processes
             ],
         }
@@ -234,6 +240,7 @@ class Profiler:
         else:
             cpu = fallback_cpu_s.get(rec.target.pid)
         log = _read(rec.log)
+        wrote = _WROTE.search(log)
         problem = None
         if rec.popen.returncode != 0 or not rec.raw.exists():
             lines = [line for line in log.splitlines() if line.strip()]
@@ -245,6 +252,7 @@ class Profiler:
             "cpu_s": None if cpu is None else round(cpu, 3),
             "raw": str(rec.raw.relative_to(self.out_dir.parent)),
             "problem": problem,
+            "errors": int(wrote.group(2)) if wrote else None,
             **summarize_raw(text),
         }
 

@@ -194,12 +194,12 @@ def _profile(r: dict[str, Any]) -> list[str]:
         f"{prof['rate_hz']} samples/s of each Python process, {prof['samples_are']}; "
         f"py-spy itself used {_fmt(prof['profiler_cpu_s'])} CPU s on the same machine.",
         "",
-        "| process | CPU s in the load | samples | raw |",
-        "|---|---|---|---|",
+        "| process | CPU s in the load | samples | unreadable samples | raw |",
+        "|---|---|---|---|---|",
     ]
     lines += [
         f"| {p['name']} ({p['role']}) | {_fmt(p['cpu_s'])} | {p['samples']} | "
-        + (f"**{p['problem']}** |" if p["problem"] else f"{p['raw']} |")
+        f"{_fmt(p['errors'])} | " + (f"**{p['problem']}** |" if p["problem"] else f"{p['raw']} |")
         for p in prof["processes"]
     ]
     hot = prof["hottest"]
