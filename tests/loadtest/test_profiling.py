@@ -67,13 +67,24 @@ def test_raw_samples_become_inclusive_and_leaf_shares() -> None:
 
 BUSY = """
 import time
+print("ready", flush=True)
 def spin_in_the_hot_function():
     deadline = time.time() + 30
     while time.time() < deadline:
         sum(i * i for i in range(2000))
 spin_in_the_hot_function()
 """
-IDLE = "import time; time.sleep(30)"
+IDLE = "import time; print('ready', flush=True); time.sleep(30)"
+
+
+def python(code: str) -> subprocess.Popen[str]:
+    """An interpreter running `code`, returned once it is up (it prints "ready" first): py-spy
+    needs the interpreter's state in place to attach."""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    with proc.stdout:  # it prints nothing more
+        assert proc.stdout.readline().strip() == "ready"
+    return proc
 
 
 @pytest.mark.slow
@@ -81,12 +92,8 @@ IDLE = "import time; time.sleep(30)"
 def test_py_spy_names_the_busy_process_and_its_hot_function(tmp_path: Path) -> None:
     exe = find_py_spy()
     assert exe is not None, "py-spy is a dev dependency: `make venv` installs it"
-    procs = {
-        name: subprocess.Popen([sys.executable, "-c", code])
-        for name, code in (("busy", BUSY), ("idle", IDLE))
-    }
+    procs = {name: python(code) for name, code in (("busy", BUSY), ("idle", IDLE))}
     try:
-        time.sleep(0.5)  # both interpreters up before py-spy looks for them
         found = targets(
             [("scheduler", "busy", procs["busy"].pid), ("worker", "idle", procs["idle"].pid)]
         )
@@ -167,16 +174,15 @@ def test_a_target_killed_midway_and_one_py_spy_cannot_read(tmp_path: Path) -> No
     py-spy cannot sample (not Python) is reported as such, not as one that held no GIL."""
     exe = find_py_spy()
     assert exe is not None
-    busy = subprocess.Popen([sys.executable, "-c", BUSY])
+    busy = python(BUSY)
     shell = subprocess.Popen(["sleep", "30"])
     try:
-        time.sleep(0.5)
         profiler = Profiler(tmp_path / "profiles", exe)
         profiler.start(
             [Target(role="scheduler", name="victim", pid=busy.pid),
              Target(role="worker", name="not-python", pid=shell.pid)]
         )  # fmt: skip
-        time.sleep(0.5)
+        time.sleep(0.5)  # half a second of samples before the kill
         busy.send_signal(signal.SIGKILL)
         busy.wait()
         profiler.stop()

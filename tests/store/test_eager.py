@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tests.store.test_queueing import INVARIANTS
+from tests.store.test_queueing import limits_exceeded
 from tests.store.test_record_ended import wait_for_report_lock_wait
 from tests.support.factories import insert_dag, insert_run, insert_ti
 from tradewind.scheduling.admission import admit
@@ -514,10 +514,9 @@ def test_reports_handing_slots_over_beside_the_critical_section_never_exceed_a_l
     stop = threading.Event()
 
     def check() -> None:
-        with database.engine.connect() as conn:
-            row = conn.execute(sa.text(INVARIANTS)).one()
-        if row.pools_over or row.dags_over or row.tasks_over or row.active > parallelism:
-            violations.append(str(row))
+        over = limits_exceeded(database, parallelism)
+        if over is not None:
+            violations.append(over)
 
     def replica(name: str) -> None:
         while not stop.is_set():

@@ -173,6 +173,15 @@ SELECT
 """
 
 
+def limits_exceeded(database: Database, parallelism: int) -> str | None:
+    """The INVARIANTS row when a pool, a DAG, a task or the cluster is over its limit now."""
+    with database.engine.connect() as conn:
+        row = conn.execute(sa.text(INVARIANTS)).one()
+    if row.pools_over or row.dags_over or row.tasks_over or row.active > parallelism:
+        return str(row)
+    return None
+
+
 def test_concurrent_replicas_never_exceed_any_limit(database: Database) -> None:
     """Three replicas queue across four pools while a finisher frees slots; an invariant query
     runs after every step. DAGs span pools, so DAG-wide limits are contended across pools."""
@@ -203,10 +212,9 @@ def test_concurrent_replicas_never_exceed_any_limit(database: Database) -> None:
     stop = threading.Event()
 
     def check() -> None:
-        with database.engine.connect() as conn:
-            row = conn.execute(sa.text(INVARIANTS)).one()
-        if row.pools_over or row.dags_over or row.tasks_over or row.active > parallelism:
-            violations.append(str(row))
+        over = limits_exceeded(database, parallelism)
+        if over is not None:
+            violations.append(over)
 
     def replica(name: str) -> None:
         local = random.Random(name)
