@@ -15,11 +15,12 @@ from types import MappingProxyType, TracebackType
 from typing import Protocol
 
 import statsd
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from tradewind.errors import BadInputError, ConfigError
 from tradewind_cluster.config import MetricsSettings
 from tradewind_cluster.observability.logs import SecretMasker
+from tradewind_cluster.observability.series import SeriesFamily, SeriesKind
 
 __all__ = [
     "METRICS",
@@ -319,59 +320,56 @@ def _compact(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 
 
-_PromMetric = Counter | Gauge | Histogram
+_SERIES_KIND = {
+    MetricKind.COUNTER: SeriesKind.COUNTER,
+    MetricKind.UPDOWN: SeriesKind.GAUGE,
+    MetricKind.GAUGE: SeriesKind.GAUGE,
+    MetricKind.TIMER: SeriesKind.HISTOGRAM,
+}
 
 
 class PrometheusSink:
-    """Keeps Prometheus series in its own registry (never the global one), created on first use."""
+    """Keeps Prometheus series in its own registry (never the global one), created on first use.
+
+    Each metric is one SeriesFamily (`observability/series.py`): a new labelled series is a
+    list of numbers, where prometheus_client's own metric classes make an object with a lock
+    per value, and the task metrics add seven series for every task a process first sees."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         if registry is None:
             registry = CollectorRegistry()
             ProcessCollector(registry=registry)  # process_cpu_seconds_total etc.
         self.registry = registry
-        self._families: dict[str, _PromMetric] = {}
-        # (name, label values) -> child series: prometheus_client's labels() validates and
-        # locks on every call, and the hot path emits several labelled series per task
-        self._series: dict[tuple[str, tuple[str, ...]], _PromMetric] = {}
+        self._families: dict[str, SeriesFamily] = {}
         self._lock = threading.Lock()
 
     def emit(self, spec: MetricSpec, value: float, labels: Mapping[str, str]) -> None:
         """Apply one emission to its series."""
-        if spec.labels:
-            key = (spec.name, tuple(labels[k] for k in spec.labels))
-            series = self._series.get(key)
-            if series is None:
-                series = self._family(spec).labels(**labels)
-                self._series[key] = series
+        family = self._families.get(spec.name) or self._family(spec)
+        key = tuple([labels[k] for k in spec.labels])
+        if spec.kind is MetricKind.TIMER:
+            family.observe(key, value)
+        elif spec.kind is MetricKind.GAUGE:
+            family.set(key, value)
         else:
-            series = self._family(spec)
-        if isinstance(series, Histogram):
-            series.observe(value)
-        elif isinstance(series, Counter) or spec.kind is MetricKind.UPDOWN:
-            series.inc(value)
-        else:
-            series.set(value)
+            family.add(key, value)
 
-    def _family(self, spec: MetricSpec) -> _PromMetric:
-        family = self._families.get(spec.name)
-        if family is not None:
-            return family
+    def _family(self, spec: MetricSpec) -> SeriesFamily:
         with self._lock:
             family = self._families.get(spec.name)
             if family is None:
-                family = self._create(spec)
+                kind = _SERIES_KIND[spec.kind]
+                timer = kind is SeriesKind.HISTOGRAM
+                family = SeriesFamily(
+                    spec.prometheus_name,
+                    f"{spec.description} (seconds)" if timer else spec.description,
+                    spec.labels,
+                    kind,
+                    buckets=PROMETHEUS_BUCKETS if timer else (),
+                )
+                self.registry.register(family)
                 self._families[spec.name] = family
             return family
-
-    def _create(self, spec: MetricSpec) -> _PromMetric:
-        name, doc, labels = spec.prometheus_name, spec.description, spec.labels
-        if spec.kind is MetricKind.COUNTER:
-            return Counter(name, doc, labels, registry=self.registry)
-        if spec.kind is MetricKind.TIMER:
-            doc = f"{doc} (seconds)"
-            return Histogram(name, doc, labels, registry=self.registry, buckets=PROMETHEUS_BUCKETS)
-        return Gauge(name, doc, labels, registry=self.registry)
 
 
 class RecordingSink:

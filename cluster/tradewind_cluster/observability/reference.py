@@ -120,7 +120,9 @@ How to read the table:
 - **Prometheus** (`metrics.prometheus_on`, on by default): every process serves `GET /metrics`
   (`metrics.metrics_port`, or the `/health` port when that is 0). Labels are Prometheus labels.
   Counters are exposed with `_total`, timers as histograms in seconds (buckets from 1 ms to
-  60 s), gauges and up-down counters as gauges. A series appears after its first emission.
+  60 s), gauges and up-down counters as gauges. A series appears after its first emission;
+  there are no `_created` samples (`observability/series.py` keeps each series as plain
+  numbers: a task's seven series take about 1.7 KB of a process, not 15.6 KB).
 - **Emitted by**: the process kind whose code emits the metric (`scheduler` or `worker`).
   Scrape configs in `ops/prometheus/` name these jobs `tradewind-schedulers` and
   `tradewind-workers`.
