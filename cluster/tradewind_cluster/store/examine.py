@@ -22,7 +22,7 @@ from tradewind_cluster.store.rows import TI_ROW_COLUMNS, ti_row_from, to_run_row
 from tradewind_cluster.store.runs import finish_run, insert_task_instances
 from tradewind_cluster.store.schema import dag, dag_run, task_instance
 from tradewind_cluster.store.snapshots import RunRow, TaskInstanceRow
-from tradewind_cluster.store.task_instances import set_tis_state
+from tradewind_cluster.store.task_instances import check_legal, set_tis_state
 
 __all__ = [
     "AppliedExamination",
@@ -132,15 +132,6 @@ def previous_states(
     return {task_id: _TI(state) for task_id, state in rows}
 
 
-def _values_for(to: TaskInstanceState, now: datetime, reason: str) -> dict[str, object]:
-    values: dict[str, object] = {"reason": reason}
-    if to is _TI.SCHEDULED:
-        values.update(scheduled_at=now, next_retry_at=None)
-    elif to in FINISHED_TI_STATES:
-        values["end_date"] = now
-    return values
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Examined:
     """One run's examination, ready to apply."""
@@ -189,30 +180,69 @@ def apply_examinations(
     ]
 
 
+# Every task decision of a pass in one statement: each row moves from its decided state only
+# (a row that moved on is stale and skipped), and gets the columns its new state sets.
+_MOVE = PreparedStatement(
+    "tw_examine_move",
+    sa.text(
+        """
+    UPDATE task_instance t SET
+        state = m.dst, reason = m.reason, updated_at = clock_timestamp(),
+        scheduled_at = CASE WHEN m.dst = 'scheduled' THEN :now ELSE t.scheduled_at END,
+        next_retry_at = CASE WHEN m.dst = 'scheduled' THEN NULL ELSE t.next_retry_at END,
+        end_date = CASE WHEN m.dst = ANY(CAST(:finished AS text[])) THEN :now ELSE t.end_date END
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:srcs AS text[]), CAST(:dsts AS text[]),
+                CAST(:reasons AS text[])) AS m(id, src, dst, reason)
+    WHERE t.id = m.id AND t.state = m.src
+    RETURNING t.id
+    """
+    ),
+    {
+        "now": "timestamptz",
+        "finished": "text[]",
+        "ids": "bigint[]",
+        "srcs": "text[]",
+        "dsts": "text[]",
+        "reasons": "text[]",
+    },
+)
+_FINISHED = sorted(state.value for state in FINISHED_TI_STATES)
+
+
 def _move(
     conn: Connection, items: Sequence[Examined], now: datetime
 ) -> tuple[list[dict[tuple[_TI, _TI], int]], list[set[str]]]:
-    """The task decisions of every run, one statement per (from, to, reason); per run, how
-    many moved and the pools of those scheduled."""
-    groups: dict[tuple[_TI, _TI, str], list[int]] = defaultdict(list)
-    where: dict[int, tuple[int, str]] = {}  # ti id -> (index in items, pool)
+    """The task decisions of every run, in one statement; per run, how many moved and the
+    pools of those scheduled."""
+    decided: dict[int, tuple[int, str, _TI, _TI]] = {}  # ti id -> (index in items, pool, move)
+    ids: list[int] = []
+    srcs: list[str] = []
+    dsts: list[str] = []
+    reasons: list[str] = []
     for i, it in enumerate(items):
         by_task = {t.task_id: t for t in it.tis}
         for d in it.exam.task_decisions:
             row = by_task.get(d.task_id)
             if row is not None:
-                groups[(d.from_state, d.to_state, d.reason)].append(row.id)
-                where[row.id] = (i, row.pool)
+                check_legal(d.from_state, d.to_state)
+                decided[row.id] = (i, row.pool, d.from_state, d.to_state)
+                ids.append(row.id)
+                srcs.append(d.from_state.value)
+                dsts.append(d.to_state.value)
+                reasons.append(d.reason)
     moved: list[dict[tuple[_TI, _TI], int]] = [defaultdict(int) for _ in items]
     pools: list[set[str]] = [set() for _ in items]
-    for (src, dst, reason), ids in groups.items():
-        for ti_id in set_tis_state(
-            conn, ids, expect=src, to=dst, values=_values_for(dst, now, reason)
-        ):
-            i, pool = where[ti_id]
-            moved[i][(src, dst)] += 1
-            if dst is _TI.SCHEDULED:
-                pools[i].add(pool)
+    if not ids:
+        return moved, pools
+    params = {
+        "now": now, "finished": _FINISHED, "ids": ids, "srcs": srcs, "dsts": dsts,
+        "reasons": reasons,
+    }  # fmt: skip
+    for (ti_id,) in _MOVE.execute(conn, params):
+        i, pool, src, dst = decided[ti_id]
+        moved[i][(src, dst)] += 1
+        if dst is _TI.SCHEDULED:
+            pools[i].add(pool)
     return moved, pools
 
 

@@ -17,7 +17,7 @@ from tradewind_cluster.store.rows import to_ti_row
 from tradewind_cluster.store.schema import task_instance
 from tradewind_cluster.store.snapshots import TaskInstanceRow
 
-__all__ = ["get_ti", "set_ti_state", "set_tis_state", "tis_of_run"]
+__all__ = ["check_legal", "get_ti", "set_ti_state", "set_tis_state", "tis_of_run"]
 
 ti = task_instance
 
@@ -48,7 +48,7 @@ def set_ti_state(
     """Move one TI from `expect` to `to` if it is still there (and holds `token`).
 
     Returns False when the row moved on: the caller drops the change as stale."""
-    _check_legal(expect, to)
+    check_legal(expect, to)
     where = [ti.c.id == ti_id, ti.c.state == expect.value]
     if token is not None:
         where.append(ti.c.token == token)
@@ -69,7 +69,7 @@ def set_tis_state(
     values: dict[str, Any] | None = None,
 ) -> Sequence[int]:
     """Move many TIs in one statement; returns the ids that were still in `expect`."""
-    _check_legal(expect, to)
+    check_legal(expect, to)
     ids = list(ti_ids)
     if not ids:
         return []
@@ -82,7 +82,8 @@ def set_tis_state(
     return [r[0] for r in result]
 
 
-def _check_legal(expect: TaskInstanceState, to: TaskInstanceState) -> None:
+def check_legal(expect: TaskInstanceState, to: TaskInstanceState) -> None:
+    """InvalidTransitionError unless the state machine allows `expect` -> `to`."""
     if not can_transition(expect, to):
         from tradewind.errors import InvalidTransitionError
 
