@@ -111,11 +111,10 @@ class RunCreator:
         """Open the trace of runs started without one (triggered by a process not tracing)."""
         if not started:
             return []
-        known = runs.trace_contexts(conn, [r.id for r in started])
-        spans: dict[int, Span] = {
+        spans: dict[int, Span] = {  # the rows were read as they were started, in this transaction
             r.id: _root_span(r.dag_id, r.run_id, r.run_type, r.logical_date)
             for r in started
-            if known.get(r.id) is None
+            if r.trace_context is None
         }
         values = {pk: tp for pk, span in spans.items() if (tp := traceparent(span)) is not None}
         runs.set_missing_trace_contexts(conn, values)

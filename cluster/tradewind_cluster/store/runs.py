@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from tradewind.spec import DagSpec
 from tradewind.states import DagRunState
 from tradewind_cluster.store.notify import notify
+from tradewind_cluster.store.prepared import PreparedStatement
 from tradewind_cluster.store.rows import to_run_row
 from tradewind_cluster.store.schema import dag, dag_run, task_instance
 from tradewind_cluster.store.snapshots import RunRow
@@ -35,7 +36,6 @@ __all__ = [
     "runs_by_key",
     "set_missing_trace_contexts",
     "start_queued_runs",
-    "trace_contexts",
     "trigger_run",
 ]
 
@@ -66,15 +66,24 @@ def get_run(conn: Connection, dag_id: str, run_id: str) -> RunRow | None:
     return None if row is None else to_run_row(row)
 
 
+_ACTIVE_RUN_COUNTS = PreparedStatement(
+    "tw_active_run_counts",
+    sa.text(
+        """
+    SELECT dag_id, state, count(*) FROM dag_run
+    WHERE dag_id = ANY(CAST(:dag_ids AS text[])) AND state IN ('queued', 'running')
+    GROUP BY dag_id, state
+    """
+    ),
+    {"dag_ids": "text[]"},
+)
+
+
 def active_run_counts(conn: Connection, dag_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
     """(queued, running) run counts per DAG."""
     if not dag_ids:
         return {}
-    rows = conn.execute(
-        sa.select(dag_run.c.dag_id, dag_run.c.state, sa.func.count())
-        .where(dag_run.c.dag_id.in_(dag_ids), dag_run.c.state.in_(["queued", "running"]))
-        .group_by(dag_run.c.dag_id, dag_run.c.state)
-    )
+    rows = _ACTIVE_RUN_COUNTS.execute(conn, {"dag_ids": list(dag_ids)})
     counts: dict[str, tuple[int, int]] = {d: (0, 0) for d in dag_ids}
     for dag_id, state, n in rows:
         queued, running = counts[dag_id]
@@ -122,6 +131,33 @@ def insert_runs(
     return list(create_runs(conn, dag_id, runs, created_by=created_by).values())
 
 
+_RECORD_SCHEDULE = PreparedStatement(
+    "tw_record_schedule",
+    sa.text(
+        """
+    UPDATE dag SET
+        next_dagrun = :next_logical,
+        next_dagrun_interval_start = :next_start, next_dagrun_interval_end = :next_end,
+        next_dagrun_create_after = :next_create_after, check_runs = :check_runs,
+        last_automated_interval_start = coalesce(:last_start, last_automated_interval_start),
+        last_automated_interval_end = coalesce(:last_end, last_automated_interval_end),
+        updated_at = clock_timestamp()
+    WHERE dag_id = :dag_id
+    """
+    ),
+    {
+        "dag_id": "text",
+        "next_logical": "timestamptz",
+        "next_start": "timestamptz",
+        "next_end": "timestamptz",
+        "next_create_after": "timestamptz",
+        "check_runs": "boolean",
+        "last_start": "timestamptz",
+        "last_end": "timestamptz",
+    },
+)
+
+
 def record_schedule(
     conn: Connection,
     dag_id: str,
@@ -132,46 +168,56 @@ def record_schedule(
     next_create_after: datetime | None,
     check_runs: bool,
 ) -> None:
-    """Store where the DAG's schedule stands after creating runs (caller holds the dag row)."""
-    values: dict[str, Any] = {
-        "next_dagrun": next_logical,
-        "next_dagrun_interval_start": next_interval[0] if next_interval else None,
-        "next_dagrun_interval_end": next_interval[1] if next_interval else None,
-        "next_dagrun_create_after": next_create_after,
-        "check_runs": check_runs,
-        "updated_at": sa.func.clock_timestamp(),
-    }
-    if last_interval is not None:
-        values["last_automated_interval_start"] = last_interval[0]
-        values["last_automated_interval_end"] = last_interval[1]
-    conn.execute(sa.update(dag).where(dag.c.dag_id == dag_id).values(**values))
+    """Store where the DAG's schedule stands after creating runs (caller holds the dag row);
+    the last automated interval stays as it was when `last_interval` is None."""
+    _RECORD_SCHEDULE.execute(
+        conn,
+        {
+            "dag_id": dag_id,
+            "next_logical": next_logical,
+            "next_start": next_interval[0] if next_interval else None,
+            "next_end": next_interval[1] if next_interval else None,
+            "next_create_after": next_create_after,
+            "check_runs": check_runs,
+            "last_start": last_interval[0] if last_interval else None,
+            "last_end": last_interval[1] if last_interval else None,
+        },
+    )
+
+
+# The oldest queued runs of a DAG (SKIP LOCKED: another replica may be starting some) to running,
+# in one statement. The pick is a materialized CTE: as `id IN (SELECT ... LIMIT n FOR UPDATE SKIP
+# LOCKED)` the planner may run the subquery more than once and start more than n runs (a test
+# caught it).
+_START_QUEUED = PreparedStatement(
+    "tw_start_queued_runs",
+    sa.text(
+        f"""
+    WITH picked AS MATERIALIZED (
+        SELECT id FROM dag_run WHERE dag_id = :dag_id AND state = 'queued'
+        ORDER BY logical_date LIMIT :slots
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE dag_run SET state = 'running', start_date = :now, examine_after = :now
+    FROM picked WHERE dag_run.id = picked.id AND dag_run.state = 'queued'
+    RETURNING {", ".join(f"dag_run.{c.name}" for c in dag_run.c)}
+    """
+    ),
+    {"now": "timestamptz", "dag_id": "text", "slots": "integer"},
+)
 
 
 def start_queued_runs(
     conn: Connection, spec: DagSpec, *, slots: int, now: datetime
 ) -> list[RunRow]:
     """Move up to `slots` queued runs (oldest logical date first) to running and create their
-    task instances. Lock: `FOR UPDATE OF dag_run SKIP LOCKED` (caller holds the dag row)."""
+    task instances. Lock: `FOR UPDATE SKIP LOCKED` on the runs picked (caller holds the dag row)."""
     if slots <= 0:
         return []
-    locked = conn.execute(
-        sa.select(dag_run.c.id)
-        .where(dag_run.c.dag_id == spec.dag_id, dag_run.c.state == "queued")
-        .order_by(dag_run.c.logical_date)
-        .limit(slots)
-        .with_for_update(of=dag_run, skip_locked=True)
-    ).scalars()
-    ids = list(locked)
-    if not ids:
-        return []
-    rows = conn.execute(
-        sa.update(dag_run)
-        .where(dag_run.c.id.in_(ids), dag_run.c.state == "queued")
-        .values(state="running", start_date=now, examine_after=now)
-        .returning(*dag_run.c)
-    ).mappings()
-    started = [to_run_row(r) for r in rows]
-    insert_task_instances(conn, spec, started)
+    rows = _START_QUEUED.execute(conn, {"now": now, "dag_id": spec.dag_id, "slots": slots})
+    started = sorted((to_run_row(r) for r in rows.mappings()), key=lambda r: r.logical_date)
+    if started:
+        insert_task_instances(conn, spec, started)
     return started
 
 
@@ -244,27 +290,26 @@ def runs_by_key(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple
     return {(r["dag_id"], r["run_id"]): to_run_row(r) for r in rows}
 
 
-def trace_contexts(conn: Connection, run_pks: Sequence[int]) -> dict[int, str | None]:
-    """The stored traceparent of each run (None where the run was never traced)."""
-    if not run_pks:
-        return {}
-    rows = conn.execute(
-        sa.select(dag_run.c.id, dag_run.c.trace_context).where(
-            dag_run.c.id.in_(sorted(set(run_pks)))
-        )
-    )
-    return {int(pk): tp for pk, tp in rows}
+_SET_MISSING_TRACE_CONTEXTS = PreparedStatement(
+    "tw_set_missing_trace_contexts",
+    sa.text(
+        """
+    UPDATE dag_run SET trace_context = v.tp
+    FROM unnest(CAST(:pks AS bigint[]), CAST(:tps AS text[])) AS v(pk, tp)
+    WHERE dag_run.id = v.pk AND dag_run.trace_context IS NULL
+    """
+    ),
+    {"pks": "bigint[]", "tps": "text[]"},
+)
 
 
 def set_missing_trace_contexts(conn: Connection, values: Mapping[int, str]) -> None:
     """Give runs created untraced (a manual trigger from a process without tracing) the root
     span their scheduler opened when it started them; a run already traced keeps its own."""
     if values:
-        conn.execute(
-            sa.update(dag_run)
-            .where(dag_run.c.id == sa.bindparam("pk"), dag_run.c.trace_context.is_(None))
-            .values(trace_context=sa.bindparam("tp")),
-            [{"pk": pk, "tp": tp} for pk, tp in sorted(values.items())],
+        pairs = sorted(values.items())
+        _SET_MISSING_TRACE_CONTEXTS.execute(
+            conn, {"pks": [pk for pk, _ in pairs], "tps": [tp for _, tp in pairs]}
         )
 
 
