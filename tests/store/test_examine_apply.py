@@ -15,7 +15,7 @@ from tradewind.errors import InvalidTransitionError
 from tradewind.scheduling.examine import RunExamination, TaskDecision
 from tradewind.spec import DagSpec
 from tradewind.states import TaskInstanceState as TI
-from tradewind_cluster.store.database import Database
+from tradewind_cluster.store.database import Database, DatabaseOptions
 from tradewind_cluster.store.examine import Examined, apply_examinations
 from tradewind_cluster.store.runs import get_run, start_queued_runs
 from tradewind_cluster.store.schema import task_instance
@@ -66,8 +66,9 @@ def _rows(database: Database, run_pk: int) -> dict[str, sa.RowMapping]:
     return {r["task_id"]: r for r in rows}
 
 
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "plain"])
 def test_a_pass_moves_every_run_s_decisions_and_skips_rows_that_moved_on(
-    database: Database,
+    database: Database, db_url: str, prepared: bool
 ) -> None:
     one_run, two_run = _started_run(database, "ex1", "p1"), _started_run(database, "ex2", "p2")
     first, second = one_run[0], two_run[0]
@@ -109,7 +110,11 @@ def test_a_pass_moves_every_run_s_decisions_and_skips_rows_that_moved_on(
         )
     )
     now = T0 + timedelta(seconds=30)
-    applied = database.transaction(lambda c: apply_examinations(c, items, now))
+    applier = Database(db_url, DatabaseOptions(prepared_statements=prepared))
+    try:
+        applied = applier.transaction(lambda c: apply_examinations(c, items, now))
+    finally:
+        applier.dispose()
 
     assert [dict(a.moved) for a in applied] == [
         {(TI.NONE, TI.SCHEDULED): 1, (TI.NONE, TI.UPSTREAM_FAILED): 1},
@@ -142,6 +147,15 @@ def test_an_illegal_decision_applies_nothing(database: Database) -> None:
             TaskDecision(task_id="b", from_state=TI.NONE, to_state=TI.RUNNING, reason="no"),
         ],
     )
-    with pytest.raises(InvalidTransitionError, match="'none' -> 'running'"):
-        database.transaction(lambda c: apply_examinations(c, [item], T0))
-    assert {r["state"] for r in _rows(database, started[0]).values()} == {"none"}
+
+    def attempt(conn: sa.Connection) -> set[str]:
+        """Apply, then read the states in the same transaction: nothing may be written before
+        the check refuses the pass."""
+        with pytest.raises(InvalidTransitionError, match="'none' -> 'running'"):
+            apply_examinations(conn, [item], T0)
+        rows = conn.execute(
+            sa.select(task_instance.c.state).where(task_instance.c.run_pk == started[0])
+        )
+        return {state for (state,) in rows}
+
+    assert database.transaction(attempt) == {"none"}

@@ -146,7 +146,7 @@ def apply_examinations(
     conn: Connection, items: Sequence[Examined], now: datetime
 ) -> list[AppliedExamination]:
     """Apply a pass's examinations, in the order RunExamination documents, set-based across
-    runs: one statement per (from, to, reason) move, one to re-arm every run left running.
+    runs: one statement for all the pass's task decisions, one to re-arm every run left running.
     Stale rows are skipped (state in the WHERE clause). Results are in `items`' order."""
     for it in items:
         if it.exam.to_create:
