@@ -19,7 +19,8 @@ FAILOVER_DEFINITION = (
     "seconds from the SIGKILL of the busiest replica to the first change a survivor made in the "
     "store to a task instance the victim had queued or running at the kill (a new attempt "
     "queued, or the victim's attempt requeued, reaped, started or finished); all_moved_s: the "
-    "same for the last of them; declared_dead_s: to the victim's member row turning dead"
+    "same for the last of them; declared_dead_s: to the victim's member row turning dead; "
+    "finished_by_victim: those the victim's last commit finished (not counted in in_flight)"
 )
 WORKER_LOSS_DEFINITION = (
     "seconds from the SIGKILL of the busiest worker to the first retry of one of its running "
@@ -50,6 +51,12 @@ def _first_change(attempts: list[AttemptRecord], after: float) -> float | None:
     return min(times) if times else None
 
 
+def _finished_by(attempts: list[AttemptRecord], at: float) -> bool:
+    """The task instance's last attempt ended no later than `at`, and nothing changed since."""
+    ends = [a.end_date for a in attempts if a.end_date is not None]
+    return bool(ends) and max(ends) <= at and _first_change(attempts, at) is None
+
+
 def failover(strike: Strike, snap: StoreSnapshot, offset_s: float) -> dict[str, Any]:
     """Failover after a scheduler was killed (times from the store, moved to the local clock)."""
     assert strike.at is not None
@@ -57,7 +64,13 @@ def failover(strike: Strike, snap: StoreSnapshot, offset_s: float) -> dict[str, 
     by_ti: dict[int, list[AttemptRecord]] = defaultdict(list)
     for a in snap.attempts:
         by_ti[a.ti_id].append(a)
-    moved = [_first_change(by_ti.get(ti, []), kill_db) for ti in strike.in_flight]
+    # A report the victim sent its COMMIT for just before the SIGKILL is committed by
+    # PostgreSQL after it (the message was already in the socket), so the task instance can be
+    # read as held at the kill and yet be finished by the victim itself: no survivor ever has to
+    # move it. Such work is counted apart, not as work that never moved.
+    finished = {ti for ti in strike.in_flight if _finished_by(by_ti.get(ti, []), kill_db)}
+    held = [ti for ti in strike.in_flight if ti not in finished]
+    moved = [_first_change(by_ti.get(ti, []), kill_db) for ti in held]
     seen = [m - kill_db for m in moved if m is not None]
     member = next((m for m in snap.members if m.id == strike.victim_id), None)
     dead = None
@@ -65,7 +78,8 @@ def failover(strike: Strike, snap: StoreSnapshot, offset_s: float) -> dict[str, 
         dead = member.ended_at - kill_db
     return {
         "victim": strike.victim,
-        "in_flight": len(strike.in_flight),
+        "in_flight": len(held),
+        "finished_by_victim": len(finished),
         "moved": len(seen),
         "work_moved_s": _round(min(seen) if seen else None),
         "all_moved_s": _round(max(seen) if len(seen) == len(moved) and seen else None),
