@@ -4,14 +4,18 @@ slow for it (or one needing the task API) goes to a task process instead."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import time
 from dataclasses import replace
 
+import pytest
+
 from tradewind.dag import DAG
 from tradewind.operators.bash import BashOperator
 from tradewind.serialization import dag_to_spec, spec_to_dict
+from tradewind_cluster.worker import direct_bash
 from tradewind_cluster.worker.direct_bash import RENDER_BUDGET_S, plan_direct, start_direct
 from tradewind_cluster.worker.launch import Launch, Outcome
 from tradewind_cluster.worker.runtime import decode_task
@@ -92,3 +96,30 @@ def test_the_fork_server_decodes_a_fresh_spec_for_every_attempt() -> None:
     again = decode_task(launch.task_json, "t")
     assert again is not first
     assert again.fields["skip_on_exit_code"] == [99]
+
+
+def test_with_the_handler_installed_once_a_slow_template_is_still_abandoned() -> None:
+    """The fork server installs the SIGALRM handler once; each render then only arms a timer."""
+    previous = signal.signal(signal.SIGALRM, direct_bash.on_render_alarm)
+    try:
+        started = time.monotonic()
+        slow = _launch("echo {{ macros.time.sleep(2) }}")
+        assert plan_direct(slow, alarm_installed=True) is None
+        assert time.monotonic() - started < RENDER_BUDGET_S + 1.0
+        assert signal.getsignal(signal.SIGALRM) is direct_bash.on_render_alarm  # left in place
+        plan = plan_direct(_launch("echo {{ run_id }}"), alarm_installed=True)
+        assert plan is not None
+        assert plan.command == "echo r"
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_log_lines_read_as_the_logging_format_writes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    for at in (1_700_000_000.0, 1_700_000_000.0456, 1_700_000_059.999):
+        monkeypatch.setattr(time, "time", lambda at=at: at)
+        for level in (logging.INFO, logging.ERROR):
+            record = logging.LogRecord(direct_bash.__name__, level, direct_bash.__file__, 0,
+                                       "Output: 100% {done}", None, None)  # fmt: skip
+            record.created, record.msecs = at, int((at - int(at)) * 1000) + 0.0
+            expected = direct_bash._FORMAT.format(record) + "\n"
+            assert direct_bash._line(level, "Output: 100% {done}") == expected

@@ -27,6 +27,7 @@ from tradewind.errors import BadInputError, RetryableError
 from tradewind_cluster.worker.bash import BashPlan
 from tradewind_cluster.worker.direct_bash import (
     DirectBash,
+    on_render_alarm,
     plan_direct,
     result_event,
     start_direct,
@@ -82,11 +83,13 @@ class _Server:
         os.set_blocking(self.wake_w, False)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.signal(signal.SIGALRM, on_render_alarm)  # once: renders only arm the timer
         self.sel.register(ctl_in, selectors.EVENT_READ, self._on_control)
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_sigchld)
 
-    def send(self, message: dict[str, Any]) -> None:
-        data = encode_line(message)
+    def send(self, *messages: dict[str, Any]) -> None:
+        """Write the messages to the agent, in one write (one wake-up of its reader)."""
+        data = b"".join(encode_line(m) for m in messages)
         while data:
             data = data[os.write(self.ctl_out, data) :]
 
@@ -125,7 +128,7 @@ class _Server:
 
     def _spawn(self, data: dict[str, Any]) -> None:
         launch = Launch.from_dict(data)
-        plan = plan_direct(launch) if self.direct_bash else None
+        plan = plan_direct(launch, alarm_installed=True) if self.direct_bash else None
         if plan is not None:
             self._spawn_direct(launch, plan)
             return
@@ -161,14 +164,18 @@ class _Server:
         except OSError as exc:
             # As a task process whose Popen failed: the try started and failed (and may retry).
             failed = ChildResult(outcome=Outcome.FAILED, error=f"cannot start bash: {exc}")
-            self.send({"ev": "child", "key": launch.key, "event": started})
-            self.send({"ev": "child", "key": launch.key, "event": result_event(failed)})
-            self.send({"ev": "exited", "key": launch.key, "pid": 0, "status": 1})
+            self.send(
+                {"ev": "child", "key": launch.key, "event": started},
+                {"ev": "child", "key": launch.key, "event": result_event(failed)},
+                {"ev": "exited", "key": launch.key, "pid": 0, "status": 1},
+            )
             return
         self.direct[attempt.pid] = attempt
         self.by_key[launch.key] = attempt.pid
-        self.send({"ev": "spawned", "key": launch.key, "pid": attempt.pid})
-        self.send({"ev": "child", "key": launch.key, "event": started})
+        self.send(
+            {"ev": "spawned", "key": launch.key, "pid": attempt.pid},
+            {"ev": "child", "key": launch.key, "event": started},
+        )
 
     def _finish_direct(self, attempt: DirectBash, code: int) -> None:
         key = attempt.launch.key
@@ -178,10 +185,12 @@ class _Server:
         except Exception as exc:  # noqa: BLE001 - say why; the agent reports a failed attempt
             print(f"tradewind fork server: ending {key}: {exc}", file=sys.stderr, flush=True)
             result = None
+        exited = {"ev": "exited", "key": key, "pid": attempt.pid, "status": code}
         try:
             if result is not None:
-                self.send({"ev": "child", "key": key, "event": result_event(result)})
-            self.send({"ev": "exited", "key": key, "pid": attempt.pid, "status": code})
+                self.send({"ev": "child", "key": key, "event": result_event(result)}, exited)
+            else:
+                self.send(exited)
         finally:
             attempt.cleanup()
 
