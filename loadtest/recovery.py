@@ -8,9 +8,10 @@ from collections import defaultdict
 from typing import Any
 
 from loadtest.chaos import Strike
-from loadtest.collect import AttemptRecord, StoreSnapshot
+from loadtest.collect import AttemptRecord, StoreSnapshot, TiRecord
 from loadtest.dagfiles import TICK_S
 from loadtest.ledger import Execution, IdentitySource, Ledger, ti_key
+from loadtest.measure import TERMINAL
 from loadtest.scenarios import Fault
 
 __all__ = ["FAILOVER_DEFINITION", "failover", "partition", "recover", "worker_loss"]
@@ -51,10 +52,18 @@ def _first_change(attempts: list[AttemptRecord], after: float) -> float | None:
     return min(times) if times else None
 
 
-def _finished_by(attempts: list[AttemptRecord], at: float) -> bool:
-    """The task instance's last attempt ended no later than `at`, and nothing changed since."""
-    ends = [a.end_date for a in attempts if a.end_date is not None]
-    return bool(ends) and max(ends) <= at and _first_change(attempts, at) is None
+def _finished_by(ti: TiRecord | None, attempts: list[AttemptRecord], at: float) -> bool:
+    """The task instance is finished for good, its latest attempt (highest token) ended no later
+    than `at`, and nothing changed since: the victim finished it before it died. Work left
+    queued, running or waiting for a retry is not finished, whatever earlier attempts did."""
+    if ti is None or ti.state not in TERMINAL or not attempts:
+        return False
+    latest = max(attempts, key=lambda a: a.token)
+    return (
+        latest.end_date is not None
+        and latest.end_date <= at
+        and _first_change(attempts, at) is None
+    )
 
 
 def failover(strike: Strike, snap: StoreSnapshot, offset_s: float) -> dict[str, Any]:
@@ -68,7 +77,10 @@ def failover(strike: Strike, snap: StoreSnapshot, offset_s: float) -> dict[str, 
     # PostgreSQL after it (the message was already in the socket), so the task instance can be
     # read as held at the kill and yet be finished by the victim itself: no survivor ever has to
     # move it. Such work is counted apart, not as work that never moved.
-    finished = {ti for ti in strike.in_flight if _finished_by(by_ti.get(ti, []), kill_db)}
+    tis = {t.id: t for t in snap.tis}
+    finished = {
+        ti for ti in strike.in_flight if _finished_by(tis.get(ti), by_ti.get(ti, []), kill_db)
+    }
     held = [ti for ti in strike.in_flight if ti not in finished]
     moved = [_first_change(by_ti.get(ti, []), kill_db) for ti in held]
     seen = [m - kill_db for m in moved if m is not None]
