@@ -35,6 +35,7 @@ SKIPPED = scheduler_pb2.ATTEMPT_EVENT_SKIPPED
 RUN_ID = "manual__2024-01-02T00:00:00+00:00"
 
 DAG_FILE = """
+import signal
 import sys
 from tradewind import DAG, PythonOperator, BranchPythonOperator, ShortCircuitOperator, task
 from tradewind.exceptions import AirflowSkipException
@@ -71,6 +72,13 @@ with DAG("py", schedule=None, params={"p": "dag"}) as dag:
     PythonOperator(task_id="exit0", python_callable=lambda: sys.exit(0))
     PythonOperator(task_id="big", python_callable=lambda: "x" * 5000)
     PythonOperator(task_id="quiet", python_callable=lambda: "v", do_xcom_push=False)
+    PythonOperator(
+        task_id="signals",
+        python_callable=lambda: [
+            signal.getsignal(s) is signal.SIG_DFL
+            for s in (signal.SIGALRM, signal.SIGCHLD, signal.SIGINT)
+        ],
+    )
     pick = BranchPythonOperator(task_id="pick", python_callable=lambda: ["b2", "b1"])
     pick >> [task(lambda: 1, task_id="b1")(), task(lambda: 2, task_id="b2")()]
     gate = ShortCircuitOperator(task_id="gate", python_callable=lambda **kw: kw["params"]["go"])
@@ -347,6 +355,13 @@ def test_python_outcomes(cluster: Cluster, task_id: str, event: int, error: str)
     assert report.error == error
     if task_id == "quiet":
         assert cluster.xcom("py", "quiet") is None
+
+
+def test_a_python_task_starts_with_default_signal_handlers(cluster: Cluster) -> None:
+    """None of the fork server's own handlers (SIGALRM: its render budget) reach a task (the
+    task runtime then sets its own SIGTERM handler)."""
+    assert cluster.run_python("signals").event == SUCCESS
+    assert cluster.xcom("py", "signals") == [True, True, True]
 
 
 def test_an_oversized_xcom_fails_the_attempt(cluster: Cluster) -> None:

@@ -115,11 +115,13 @@ def test_with_the_handler_installed_once_a_slow_template_is_still_abandoned() ->
 
 
 def test_log_lines_read_as_the_logging_format_writes_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    for at in (1_700_000_000.0, 1_700_000_000.0456, 1_700_000_059.999):
+    # 1790000000.179: where int(t * 1000) % 1000 and LogRecord's msecs part ways
+    for at in (1_700_000_000.0, 1_700_000_000.0456, 1_700_000_059.999, 1_790_000_000.179):
         monkeypatch.setattr(time, "time", lambda at=at: at)
+        monkeypatch.setattr(time, "time_ns", lambda at=at: int(at * 1e9))
         for level in (logging.INFO, logging.ERROR):
             record = logging.LogRecord(direct_bash.__name__, level, direct_bash.__file__, 0,
                                        "Output: 100% {done}", None, None)  # fmt: skip
-            record.created, record.msecs = at, int((at - int(at)) * 1000) + 0.0
+            assert record.created == at  # the record took its time from the patched clock
             expected = direct_bash._FORMAT.format(record) + "\n"
             assert direct_bash._line(level, "Output: 100% {done}") == expected

@@ -149,7 +149,7 @@ def _line(level: int, message: str) -> str:
     per attempt, for the five lines a direct attempt writes."""
     now = time.time()
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-    millis = int(now * 1000) % 1000
+    millis = int((now - int(now)) * 1000)  # as LogRecord computes msecs
     return f"[{stamp},{millis:03d}] {{{_FILENAME}:0}} {_LEVELS[level]} - {message}\n"
 
 

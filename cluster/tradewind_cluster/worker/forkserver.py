@@ -306,7 +306,8 @@ def _child_main(launch: Launch, events: int, notes: int, close: list[int]) -> No
     try:
         os.setsid()
         signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+        # The server's own handlers (SIGALRM: the render budget) are not the task's.
+        for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
             signal.signal(signum, signal.SIG_DFL)
         for fd in close:
             with contextlib.suppress(OSError):
