@@ -159,9 +159,10 @@ class AttemptReports:
         waits on), so every earlier reply was lost and it never heard of what the delivery
         applied handed it. This reply carries the same requests once more, under the same
         tokens; a late copy of an earlier delivery gets them too, but its caller is gone and
-        the reply goes nowhere. Putting them back to scheduled instead would run twice one a
-        late copy finds still queued while the worker runs it. One whose request no longer
-        builds (its task left the DAG) stays queued for the queued timeout to take back."""
+        the reply goes nowhere. Putting them back to scheduled instead would run twice any
+        attempt a late copy finds still queued while the worker already runs it. One whose
+        request no longer builds (its task left the DAG) stays queued for the queued timeout
+        to take back."""
         handed = self.db.read(lambda c: store_eager.handed_again(c, ti_id, token, worker_id))
         out = []
         for q, dispatched in handed:

@@ -42,11 +42,7 @@ def handed_request(ctx: SchedulerContext, q: QueuedAttempt) -> worker_pb2.Execut
         ctx.metrics.timing(
             "task.scheduled_duration", max(0.0, waited), dag_id=q.dag_id, task_id=q.task_id
         )
-    assert q.run is not None
-    parent = _trace(ctx, q)
-    return build_execute_request(
-        dispatch_request(q, cached, q.run), traceparent=parent or q.run_trace_context
-    )
+    return _request(q, cached, _trace(ctx, q))
 
 
 def request_again(
@@ -56,11 +52,14 @@ def request_again(
     as `handed_request` builds it, under its task.dispatch span's traceparent when stored
     (`dispatched`), without recording its spans and metric a second time."""
     cached = _cached_dag(ctx, q)
-    if cached is None:
-        return None
+    return None if cached is None else _request(q, cached, dispatched)
+
+
+def _request(q: QueuedAttempt, cached: CachedDag, parent: str | None) -> worker_pb2.ExecuteRequest:
+    """The ExecuteRequest under `parent`'s trace context, else the run's."""
     assert q.run is not None
     return build_execute_request(
-        dispatch_request(q, cached, q.run), traceparent=dispatched or q.run_trace_context
+        dispatch_request(q, cached, q.run), traceparent=parent or q.run_trace_context
     )
 
 
