@@ -243,3 +243,30 @@ def test_run_decision_matches_the_settled_states(scenario: Scenario) -> None:
         assert not unfinished
         leaf_failed = any(states[t] in (TI.FAILED, TI.UPSTREAM_FAILED) for t in spec.leaves)
         assert leaf_failed == (decision.cause is RunCause.TASK_FAILURE)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenario=scenarios())
+def test_leaves_no_task_behind_that_its_rule_would_move(scenario: Scenario) -> None:
+    """Judged against the settled states, every task left in none waits on its trigger rule
+    (or on depends_on_past): the walk's shortcut for tasks with no finished upstream agrees
+    with evaluate_trigger_rule."""
+    spec, run, tis, previous = scenario
+    result = examine_run(spec, run, tis, previous, NOW)
+    decision = result.run_decision
+    if result.not_examined_reason is not None or (
+        decision is not None and decision.cause is RunCause.TIMED_OUT
+    ):
+        return
+    after = apply(result, tis)
+    states = {t: after[t].state if t in after else TI.NONE for t in spec.tasks}
+    for task_id, task in spec.tasks.items():
+        if states[task_id] is not TI.NONE:
+            continue
+        upstream = [states[u] for u in task.upstream_task_ids]
+        verdict = evaluate_trigger_rule(task.trigger_rule, upstream).verdict
+        if verdict is TriggerVerdict.RUN:
+            assert task.depends_on_past, task_id
+            assert previous.get(task_id) not in (None, TI.SUCCESS, TI.SKIPPED), task_id
+        else:
+            assert verdict is TriggerVerdict.WAIT, (task_id, verdict)

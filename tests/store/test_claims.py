@@ -9,9 +9,10 @@ import pytest
 import sqlalchemy as sa
 
 from tests.support.factories import T0, insert_dag, insert_run, insert_ti
+from tradewind.states import TaskInstanceState
 from tradewind_cluster.store.dags import any_due_dags, claim_due_dags
 from tradewind_cluster.store.database import Database
-from tradewind_cluster.store.examine import claim_runs_with_tis
+from tradewind_cluster.store.examine import ExamineRow, claim_runs_with_tis
 
 pytestmark = pytest.mark.store
 
@@ -88,6 +89,8 @@ def test_an_examine_claim_locks_due_runs_with_their_hashes_and_task_instances(
 ) -> None:
     now = T0 + timedelta(hours=1)
 
+    ti_a: list[int] = []
+
     def setup(conn: sa.Connection) -> dict[str, int]:
         insert_dag(conn, "parsed")
         insert_dag(conn, "unparsed")
@@ -104,8 +107,18 @@ def test_an_examine_claim_locks_due_runs_with_their_hashes_and_task_instances(
             "later": insert_run(conn, "parsed", day=2),
             "done": insert_run(conn, "parsed", day=3, state="success"),
         }
-        insert_ti(conn, pks["two_tis"], "a")
-        insert_ti(conn, pks["two_tis"], "b", state="scheduled")
+        ti_a.append(insert_ti(conn, pks["two_tis"], "a"))
+        insert_ti(
+            conn,
+            pks["two_tis"],
+            "b",
+            state="up_for_retry",
+            try_number=1,
+            max_tries=3,
+            next_retry_at=now,
+            followed=["c"],
+            pool="p1",
+        )
         insert_ti(conn, pks["unparsed"], "a")
         for name, pk in pks.items():
             due = now + timedelta(hours=1) if name == "later" else now - timedelta(minutes=1)
@@ -128,6 +141,17 @@ def test_an_examine_claim_locks_due_runs_with_their_hashes_and_task_instances(
     assert sorted(t.task_id for t in claimed.tis[pks["two_tis"]]) == ["a", "b"]
     assert pks["no_tis"] not in claimed.tis
     assert [t.task_id for t in claimed.tis[pks["unparsed"]]] == ["a"]
-    assert claimed.tis[pks["two_tis"]][0].run_pk == pks["two_tis"]
+    by_task = {t.task_id: t for t in claimed.tis[pks["two_tis"]]}
+    assert by_task["a"] == ExamineRow(
+        ti_a[0], "a", TaskInstanceState.NONE, 0, 0, None, None, "default_pool"
+    )
+    b = by_task["b"]
+    assert (b.state, b.try_number, b.max_tries, b.next_retry_at) == (
+        TaskInstanceState.UP_FOR_RETRY,
+        1,
+        3,
+        now,
+    )
+    assert (b.followed, b.pool) == (("c",), "p1")
     limited = database.transaction(lambda c: claim_runs_with_tis(c, now=now, limit=1))
     assert len(limited.runs) == 1  # the limit counts runs, not rows

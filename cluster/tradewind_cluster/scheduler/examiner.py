@@ -18,7 +18,7 @@ from tradewind_cluster.scheduler.context import SchedulerContext
 from tradewind_cluster.store import examine as store_examine
 from tradewind_cluster.store import runs as store_runs
 from tradewind_cluster.store.database import Connection
-from tradewind_cluster.store.snapshots import RunRow, TaskInstanceRow
+from tradewind_cluster.store.snapshots import RunRow
 
 __all__ = ["ExaminationReport", "RunExaminer", "schedule_span_key"]
 
@@ -46,14 +46,14 @@ class ExaminationReport:
 class _Emissions:
     """What a pass records once its transaction committed (a retried one starts afresh)."""
 
-    scheduled: list[tuple[RunRow, TaskInstanceRow]] = field(default_factory=list)
+    scheduled: list[tuple[RunRow, store_examine.ExamineRow]] = field(default_factory=list)
     checks: list[tuple[str, float]] = field(default_factory=list)  # (dag_id, seconds)
     finished: list[tuple[RunRow, DagRunState, datetime | None]] = field(default_factory=list)
     removed: Counter[str] = field(default_factory=Counter)
     restored: Counter[str] = field(default_factory=Counter)
 
 
-def _views(tis: list[TaskInstanceRow]) -> dict[str, TaskInstanceView]:
+def _views(tis: list[store_examine.ExamineRow]) -> dict[str, TaskInstanceView]:
     return {
         t.task_id: TaskInstanceView(
             task_id=t.task_id,
@@ -142,7 +142,7 @@ class RunExaminer:
         conn: Connection,
         run: RunRow,
         spec: DagSpec,
-        tis: list[TaskInstanceRow],
+        tis: list[store_examine.ExamineRow],
         past: list[str],
         now: datetime,
         emissions: _Emissions,
@@ -177,7 +177,11 @@ class RunExaminer:
         return exam
 
     def _note_scheduled(
-        self, run: RunRow, exam: RunExamination, tis: list[TaskInstanceRow], emissions: _Emissions
+        self,
+        run: RunRow,
+        exam: RunExamination,
+        tis: list[store_examine.ExamineRow],
+        emissions: _Emissions,
     ) -> None:
         by_task = {t.task_id: t for t in tis}
         for d in exam.task_decisions:

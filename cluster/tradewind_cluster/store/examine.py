@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, NamedTuple, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -18,16 +19,18 @@ from tradewind.scheduling.examine import RunExamination
 from tradewind.spec import DagSpec
 from tradewind.states import FINISHED_TI_STATES, DagRunState, TaskInstanceState
 from tradewind_cluster.store.prepared import PreparedStatement
-from tradewind_cluster.store.rows import TI_ROW_COLUMNS, ti_row_from, to_run_row
+from tradewind_cluster.store.rows import to_run_row
 from tradewind_cluster.store.runs import finish_run, insert_task_instances
 from tradewind_cluster.store.schema import dag, dag_run, task_instance
-from tradewind_cluster.store.snapshots import RunRow, TaskInstanceRow
+from tradewind_cluster.store.snapshots import RunRow
 from tradewind_cluster.store.task_instances import check_legal, set_tis_state
 
 __all__ = [
     "AppliedExamination",
     "Claimed",
+    "ExamineRow",
     "Examined",
+    "ExaminedTI",
     "apply_examinations",
     "claim_runs_with_tis",
     "flag_dags_for_run_check",
@@ -49,13 +52,56 @@ class AppliedExamination:
     run_state: DagRunState | None  # the new state when the run finished
 
 
+class ExamineRow(NamedTuple):
+    """What examining a run reads of each of its task instances: the columns the core judges
+    on, and what applying and tracing a decision need (id, pool, try_number)."""
+
+    id: int
+    task_id: str
+    state: TaskInstanceState
+    try_number: int
+    max_tries: int
+    next_retry_at: datetime | None
+    followed: tuple[str, ...] | None
+    pool: str
+
+
+class ExaminedTI(Protocol):
+    """A task instance as applying an examination uses it (an ExamineRow or a full row)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def pool(self) -> str: ...
+
+
+_EXAMINE_COLUMNS = ExamineRow._fields
+_STATES = {s.value: s for s in TaskInstanceState}
+
+
+def _examine_row(values: Sequence[Any]) -> ExamineRow:
+    ti_id, task_id, state, try_number, max_tries, retry_at, followed, pool = values
+    return ExamineRow(
+        ti_id,
+        task_id,
+        _STATES[state],
+        try_number,
+        max_tries,
+        retry_at,
+        None if followed is None else tuple(followed),
+        pool,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """Runs locked for examination, with their DAGs' spec hashes and their task instances."""
 
     runs: list[RunRow]
     spec_hashes: dict[str, str]  # dag_id -> hash of its stored spec (DAGs never parsed: none)
-    tis: dict[int, list[TaskInstanceRow]]  # run pk -> its task instances
+    tis: dict[int, list[ExamineRow]]  # run pk -> its task instances
 
 
 _RUN_COLUMNS = tuple(c.name for c in dag_run.c)
@@ -81,7 +127,7 @@ _HASHES_AND_TIS = PreparedStatement(
     "tw_examine_read",
     sa.text(
         f"""
-    SELECT r.id, r.dag_id, sd.spec_hash, {", ".join(f"ti.{c}" for c in TI_ROW_COLUMNS)}
+    SELECT r.id, r.dag_id, sd.spec_hash, {", ".join(f"ti.{c}" for c in _EXAMINE_COLUMNS)}
     FROM dag_run AS r
     LEFT JOIN serialized_dag AS sd ON sd.dag_id = r.dag_id
     LEFT JOIN task_instance AS ti ON ti.run_pk = r.id
@@ -100,13 +146,13 @@ def claim_runs_with_tis(conn: Connection, *, now: datetime, limit: int) -> Claim
         for row in _CLAIM.execute(conn, {"now": now, "limit": limit})
     ]
     hashes: dict[str, str] = {}
-    tis: dict[int, list[TaskInstanceRow]] = defaultdict(list)
+    tis: dict[int, list[ExamineRow]] = defaultdict(list)
     if runs:
         for row in _HASHES_AND_TIS.execute(conn, {"pks": [r.id for r in runs]}):
             if row[2] is not None:
                 hashes[row[1]] = row[2]
             if row[3] is not None:  # a run with no task instance yet has one row of NULLs
-                tis[row[0]].append(ti_row_from(row[3:]))
+                tis[row[0]].append(_examine_row(row[3:]))
     return Claimed(runs=runs, spec_hashes=hashes, tis=dict(tis))
 
 
@@ -139,7 +185,7 @@ class Examined:
     run: RunRow
     spec: DagSpec
     exam: RunExamination
-    tis: Sequence[TaskInstanceRow]
+    tis: Sequence[ExaminedTI]
 
 
 def apply_examinations(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from tradewind.states import DagRunState, TaskInstanceState
 from tradewind_cluster.store.snapshots import DagRow, RunRow, TaskInstanceRow
 
-__all__ = ["TI_ROW_COLUMNS", "ti_row_from", "to_dag_row", "to_run_row", "to_ti_row"]
+__all__ = ["to_dag_row", "to_run_row", "to_ti_row"]
 
 
 def _pick(row: Mapping[Any, Any], names: tuple[str, ...]) -> dict[str, Any]:
@@ -30,19 +30,11 @@ def to_run_row(row: Mapping[Any, Any]) -> RunRow:
 
 _TI_FIELDS = tuple(TaskInstanceRow.__dataclass_fields__)
 _TI_STATES = {s.value: s for s in TaskInstanceState}
-TI_ROW_COLUMNS = _TI_FIELDS
-"""The task_instance columns of a TaskInstanceRow, in the order ti_row_from reads them."""
 
 
 def to_ti_row(row: Mapping[Any, Any]) -> TaskInstanceRow:
     """Snapshot of a `task_instance` row."""
     return _ti_row({f: row[f] for f in _TI_FIELDS if f in row})
-
-
-def ti_row_from(values: Sequence[Any]) -> TaskInstanceRow:
-    """Snapshot from a row of exactly TI_ROW_COLUMNS, in that order (the examiner's hot path:
-    no lookups by name)."""
-    return _ti_row(dict(zip(_TI_FIELDS, values, strict=True)))
 
 
 def _ti_row(data: dict[str, Any]) -> TaskInstanceRow:

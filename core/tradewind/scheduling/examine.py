@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from tradewind.errors import BadInputError
-from tradewind.scheduling.trigger_rules import TriggerVerdict, evaluate_trigger_rule
+from tradewind.scheduling.trigger_rules import TriggerOutcome, TriggerVerdict, evaluate_trigger_rule
 from tradewind.spec import BranchKind, DagSpec, TaskKind, TaskSpec
 from tradewind.states import (
     FINISHED_TI_STATES,
@@ -20,6 +20,7 @@ from tradewind.states import (
     can_transition,
     transition,
 )
+from tradewind.trigger_rule import TriggerRule
 
 __all__ = [
     "RunCause",
@@ -173,6 +174,20 @@ def _branch_skips(
     return skips
 
 
+def _unless_waiting(task: TaskSpec, upstream: list[TaskInstanceState]) -> TriggerOutcome | None:
+    """The task's trigger-rule outcome, None when it says wait. With no upstream finished every
+    rule but always waits: that is answered without evaluating the rule and building its
+    reason (in a long chain most tasks are there)."""
+    if (
+        upstream
+        and task.trigger_rule != TriggerRule.ALWAYS
+        and FINISHED_TI_STATES.isdisjoint(upstream)
+    ):
+        return None
+    outcome = evaluate_trigger_rule(task.trigger_rule, upstream)
+    return None if outcome.verdict is TriggerVerdict.WAIT else outcome
+
+
 class _Walk:
     """Judges the run's tasks once, in topological order, updating states as it decides so
     that a skip or upstream failure reaches every downstream task in the same call."""
@@ -215,8 +230,9 @@ class _Walk:
             return _decision(task.task_id, state, _TI.SKIPPED, skip_reason)
         if state not in (_TI.NONE, _TI.UP_FOR_RETRY):
             return None
-        upstream = [self.states[u] for u in task.upstream_task_ids]
-        outcome = evaluate_trigger_rule(task.trigger_rule, upstream)
+        outcome = _unless_waiting(task, [self.states[u] for u in task.upstream_task_ids])
+        if outcome is None:
+            return None
         reason = f"trigger rule {task.trigger_rule}: {outcome.reason}"
         if outcome.verdict is TriggerVerdict.SKIP:
             return _decision(task.task_id, state, _TI.SKIPPED, reason)
@@ -225,7 +241,7 @@ class _Walk:
             if can_transition(state, _TI.UPSTREAM_FAILED):
                 return _decision(task.task_id, state, _TI.UPSTREAM_FAILED, reason)
             return None
-        if outcome.verdict is TriggerVerdict.WAIT or not self._may_start(task, state):
+        if not self._may_start(task, state):
             return None
         if task.kind is TaskKind.EMPTY:
             return _decision(
