@@ -158,3 +158,150 @@ def test_parameters_are_read_as_sqlalchemy_reads_them(database: Database) -> Non
 def test_every_parameter_needs_its_type() -> None:
     with pytest.raises(ValueError, match=r"parameters \['a', 'b'\] but types for \['a'\]"):
         PreparedStatement("tw_bad", sa.text("SELECT :a + :b"), {"a": "int"})
+
+
+_ROWS = PreparedStatement(
+    "tw_test_rows",
+    sa.text(
+        "SELECT n, n * 2 AS twice, CAST(:tag AS text) AS tag"
+        " FROM generate_series(1, CAST(:upto AS int)) AS n ORDER BY n"
+    ),
+    {"tag": "text", "upto": "integer"},
+)
+
+
+@pytest.mark.parametrize("way", ["prepared", "plain", "observed"])
+def test_rows_read_the_same_whichever_way_the_statement_ran(
+    database: Database, db_url: str, way: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prepared on the driver's cursor, plain text through SQLAlchemy, or prepared through
+    SQLAlchemy while a listener watches its statement events (which then sees EXECUTE)."""
+    prepared = way != "plain"
+    if way == "prepared":  # EXECUTE must not take SQLAlchemy's path (PREPARE may)
+        through = sa.engine.Connection.exec_driver_sql
+
+        def refuse_execute(self, statement, *args, **kwargs):  # type: ignore[no-untyped-def]
+            assert not statement.startswith("EXECUTE"), statement
+            return through(self, statement, *args, **kwargs)
+
+        monkeypatch.setattr(sa.engine.Connection, "exec_driver_sql", refuse_execute)
+    db = database if prepared else Database(db_url, DatabaseOptions(prepared_statements=False))
+    seen: list[str] = []
+
+    def watch(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        seen.append(statement)
+
+    if way == "observed":
+        sa.event.listen(db.autocommit_engine, "before_cursor_execute", watch)
+    try:
+        three = db.read(lambda c: _ROWS.execute(c, {"tag": "t", "upto": 3}))
+        none = db.read(lambda c: _ROWS.execute(c, {"tag": "t", "upto": 0}))
+        assert db.read(_prepared) == (["tw_test_rows"] if prepared else [])
+    finally:
+        if way == "observed":
+            sa.event.remove(db.autocommit_engine, "before_cursor_execute", watch)
+        if not prepared:
+            db.dispose()
+    executes = [s for s in seen if s.startswith("EXECUTE tw_test_rows")]
+    assert len(executes) == (2 if way == "observed" else 0)
+    assert [tuple(r) for r in three] == [(1, 2, "t"), (2, 4, "t"), (3, 6, "t")]
+    assert len(three) == 3
+    first = three.first()
+    assert (first.n, first.twice, first.tag) == (1, 2, "t")
+    assert first._asdict() == {"n": 1, "twice": 2, "tag": "t"}
+    assert three.scalar() == 1
+    assert three.mappings()[2] == {"n": 3, "twice": 6, "tag": "t"}
+    assert [r.twice for r in three.all()] == [2, 4, 6]
+    with pytest.raises(sa.exc.MultipleResultsFound):
+        three.one()
+    assert (none.first(), none.scalar(), none.all(), none.mappings()) == (None, None, [], [])
+    with pytest.raises(sa.exc.NoResultFound):
+        none.one()
+
+
+def test_a_statement_that_returns_no_rows(database: Database) -> None:
+    database.read(lambda c: c.exec_driver_sql("CREATE TABLE tw_no_rows (a int)"))
+    try:
+        insert = PreparedStatement(
+            "tw_test_insert", sa.text("INSERT INTO tw_no_rows VALUES (:a)"), {"a": "integer"}
+        )
+        assert database.statement(lambda c: insert.execute(c, {"a": 1}).all()) == []
+        count = database.read(lambda c: c.exec_driver_sql("SELECT count(*) FROM tw_no_rows"))
+        assert count.scalar() == 1
+    finally:
+        database.read(lambda c: c.exec_driver_sql("DROP TABLE tw_no_rows"))
+
+
+def test_a_server_error_is_raised_as_sqlalchemy_raises_it(database: Database) -> None:
+    divide = PreparedStatement(
+        "tw_test_divide", sa.text("SELECT 1 / CAST(:d AS int) AS q"), {"d": "integer"}
+    )
+    with database.engine.connect() as conn:
+        with pytest.raises(sa.exc.DataError) as raised, conn.begin():
+            divide.execute(conn, {"d": 0})
+        assert getattr(raised.value.orig, "pgcode", None) == "22012"  # division_by_zero
+        assert "EXECUTE tw_test_divide" in str(raised.value.statement)
+        assert not conn.invalidated
+        with conn.begin():  # the failed transaction was rolled back; the session goes on
+            assert divide.execute(conn, {"d": 2}).scalar() == 0
+
+
+def test_a_lost_session_invalidates_the_connection(database: Database, db_url: str) -> None:
+    with database.engine.connect() as conn:
+        assert _run(conn, 1, []) == (3, [], "1")
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        conn.rollback()
+        killer = sa.create_engine(db_url, isolation_level="AUTOCOMMIT")
+        with killer.connect() as other:
+            other.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        killer.dispose()
+        with pytest.raises(sa.exc.DBAPIError) as raised:
+            _run(conn, 2, [])
+        assert raised.value.connection_invalidated
+        assert conn.invalidated
+    # The pool replaced it: the next checkout has a live session (which prepares afresh).
+    assert database.statement(lambda c: _run(c, 5, ["b"])) == (7, ["b"], "5")
+
+
+def test_a_statement_outside_a_transaction_is_committed_by_commit(database: Database) -> None:
+    """As SQLAlchemy's autobegin: the statement opens the connection's transaction, and
+    conn.commit() commits it (without it, the pool's reset would roll it back)."""
+    database.read(lambda c: c.exec_driver_sql("CREATE TABLE tw_autobegin (a int)"))
+    try:
+        insert = PreparedStatement(
+            "tw_test_autobegin", sa.text("INSERT INTO tw_autobegin VALUES (:a)"), {"a": "integer"}
+        )
+        with database.engine.connect() as conn:
+            insert.execute(conn, {"a": 1})  # the first run prepares (through SQLAlchemy)
+            conn.commit()
+            insert.execute(conn, {"a": 2})  # then straight on the driver's cursor
+            assert conn.in_transaction()
+            conn.commit()
+            insert.execute(conn, {"a": 3})  # never committed: rolled back on close
+        rows = database.read(lambda c: c.exec_driver_sql("SELECT array_agg(a) FROM tw_autobegin"))
+        assert rows.scalar() == [1, 2]
+    finally:
+        database.read(lambda c: c.exec_driver_sql("DROP TABLE tw_autobegin"))
+
+
+def test_a_failed_transaction_answers_as_sqlalchemy_does(database: Database) -> None:
+    """After a COMMIT that failed, SQLAlchemy wants a rollback first (PendingRollbackError);
+    a prepared statement says the same, then runs once the connection rolled back."""
+    database.read(
+        lambda c: c.exec_driver_sql(
+            "CREATE TABLE tw_deferred (a int UNIQUE DEFERRABLE INITIALLY DEFERRED)"
+        )
+    )
+    try:
+        with database.engine.connect() as conn:
+            assert _run(conn, 1, []) == (3, [], "1")
+            conn.commit()
+            conn.exec_driver_sql("INSERT INTO tw_deferred VALUES (1), (1)")
+            with pytest.raises(sa.exc.IntegrityError):
+                conn.commit()  # the deferred unique check fails at COMMIT
+            with pytest.raises(sa.exc.PendingRollbackError):
+                _run(conn, 2, [])
+            conn.rollback()
+            assert _run(conn, 2, []) == (4, [], "2")
+    finally:
+        database.read(lambda c: c.exec_driver_sql("DROP TABLE tw_deferred"))

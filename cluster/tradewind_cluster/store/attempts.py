@@ -10,14 +10,13 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection
 
 from tradewind.scheduling.retries import AttemptOutcome, OutcomeDecision
 from tradewind.states import TaskInstanceState
-from tradewind_cluster.store.prepared import PreparedStatement
+from tradewind_cluster.store.prepared import PreparedStatement, ResultRow
 from tradewind_cluster.store.queueing import QueuedAttempt
 from tradewind_cluster.store.schema import task_attempt, task_instance
 
@@ -235,7 +234,7 @@ def record_start(
     return result, start
 
 
-def _ending_try(row: Row[Any], *, starts: bool, started_at: datetime | None) -> AttemptStart:
+def _ending_try(row: ResultRow, *, starts: bool, started_at: datetime | None) -> AttemptStart:
     """The try a finish report ends, from the task instance row read before the change; a
     report that also starts it counts it and takes the worker's start time."""
     return AttemptStart(
@@ -476,7 +475,7 @@ def ended_params(
 
 
 def ended_result(
-    row: Row[Any] | None, ti_id: int, token: int, state: TaskInstanceState,
+    row: ResultRow | None, ti_id: int, token: int, state: TaskInstanceState,
     started_at: datetime | None,
 ) -> ReportResult:  # fmt: skip
     """The ReportResult of an ENDED_CTES statement's row."""

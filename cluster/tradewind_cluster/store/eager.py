@@ -289,7 +289,7 @@ def record_ended_eager(
     if row is None or not result.accepted:
         return result
     covered = plan.covers and row.n_ready == len({c for c, _ in plan.edges})
-    handed = None if row.h_id is None else queued_from_row(row._mapping, now, prefix="h_")
+    handed = None if row.h_id is None else queued_from_row(row._asdict(), now, prefix="h_")
     return replace(result, handed=handed, rearmed=not covered or row.n_scheduled > 0)
 
 

@@ -12,13 +12,24 @@ server says a statement is missing, already there under that name, or no longer 
 (a migration changed a table it reads), the name is forgotten (and deallocated) and the whole
 transaction is retried, which prepares it afresh. Behind a pooler in transaction mode
 (PgBouncer's default) a session is not a connection's own and that would happen again and
-again: turn `database.prepared_statements` off there and the same statements run unprepared."""
+again: turn `database.prepared_statements` off there and the same statements run unprepared.
+
+EXECUTE goes straight to the driver's cursor, not through SQLAlchemy's execution path, which
+costs about 50 us of client CPU per statement beyond the driver's (a result object and its
+metadata per call; docs/performance.md). A failure is still handed to SQLAlchemy, which wraps it
+as a DBAPIError and invalidates the connection when the server is gone, as it does for its own
+statements. While anything watches SQLAlchemy's statements (event listeners, such as an
+instrumentation library's, or `echo`), EXECUTE goes through SQLAlchemy so that they see it,
+at its cost. Either way the result is a `Rows`: the statement's rows, read at once (the hot
+path's statements return few)."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,7 +38,7 @@ from sqlalchemy.engine import Connection, CursorResult
 
 from tradewind.errors import RetryableError
 
-__all__ = ["PREPARE_OPTION", "PreparedStatement"]
+__all__ = ["PREPARE_OPTION", "PreparedStatement", "ResultRow", "Rows"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +53,90 @@ _NO_PARAMETERS = {"no_parameters": True}  # the text goes to the server as it is
 # ("cached plan must not change result type"): the session's statement is not what we think.
 _STALE_SQLSTATES = frozenset({"26000", "42P05", "0A000"})
 _warned = threading.Event()
+
+
+ResultRow = Any
+"""A row of a `Rows`: a named tuple (by position, by column name as an attribute, `_asdict()`)."""
+
+
+class Rows:
+    """A statement's rows, read at once: iterate them, or take `one`, `first`, `scalar`, `all`
+    or `mappings` (one dict per row)."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: list[ResultRow]) -> None:
+        self._rows = rows
+
+    def __iter__(self) -> Iterator[ResultRow]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def all(self) -> list[ResultRow]:
+        """Every row."""
+        return list(self._rows)
+
+    def one(self) -> ResultRow:
+        """The only row; NoResultFound or MultipleResultsFound (SQLAlchemy's) otherwise."""
+        if not self._rows:
+            raise sa.exc.NoResultFound("No row was found when one was required")
+        if len(self._rows) > 1:
+            raise sa.exc.MultipleResultsFound(
+                "Multiple rows were found when exactly one was required"
+            )
+        return self._rows[0]
+
+    def first(self) -> ResultRow | None:
+        """The first row, None when there is none."""
+        return self._rows[0] if self._rows else None
+
+    def scalar(self) -> Any:
+        """The first column of the first row, None when there is no row."""
+        return self._rows[0][0] if self._rows else None
+
+    def mappings(self) -> list[dict[str, Any]]:
+        """Each row as a dict by column name."""
+        return [row._asdict() for row in self._rows]
+
+
+def _row_class(names: tuple[str, ...]) -> Any:
+    # rename=True: a column that cannot be an attribute (?column?) becomes _0, _1...
+    return collections.namedtuple("Row", names, rename=True)
+
+
+class _RowType:
+    """The named tuple class of a statement's rows, made once per set of column names. Threads
+    share it: the names and their class are swapped together, as one tuple."""
+
+    __slots__ = ("_current",)
+
+    def __init__(self) -> None:
+        self._current: tuple[tuple[str, ...], Any] = ((), None)
+
+    def rows(self, names: Sequence[str], values: Sequence[Sequence[Any]]) -> list[ResultRow]:
+        key = tuple(names)
+        known, row_class = self._current
+        if key != known or row_class is None:
+            row_class = _row_class(key)
+            self._current = (key, row_class)
+        make = row_class._make
+        return [make(v) for v in values]
+
+
+def _through_sqlalchemy(conn: Connection) -> bool:
+    """Whether EXECUTE must take SQLAlchemy's execution path: something watches its statements
+    (event listeners on the connection, engine or dialect; echo), or the connection's
+    transaction has failed (SQLAlchemy then raises its PendingRollbackError)."""
+    transaction = conn.get_transaction()
+    return bool(
+        conn._has_events
+        or conn.engine._has_events
+        or conn.dialect._has_events
+        or conn._echo
+        or (transaction is not None and not transaction.is_active)
+    )
 
 
 class PreparedStatement:
@@ -66,17 +161,20 @@ class PreparedStatement:
         self._prepare = f"PREPARE {name}{signature} AS {compiled}"
         arguments = f" ({', '.join(['%s'] * len(order))})" if order else ""
         self._execute = f"EXECUTE {name}{arguments}"
+        self._rows = _RowType()
+        self._plain_rows = _RowType()
 
-    def execute(
-        self, conn: Connection, params: Mapping[str, Any]
-    ) -> CursorResult[*tuple[Any, ...]]:
+    def execute(self, conn: Connection, params: Mapping[str, Any]) -> Rows:
         """Run the statement with params (every parameter, by name). RetryableError when the
         session's prepared statement turned out stale: the caller's retry prepares it again."""
         if not conn.get_execution_options().get(PREPARE_OPTION, False):
-            return conn.execute(self.statement, dict(params))
+            return self._read(conn.execute(self.statement, dict(params)), self._plain_rows)
         try:
             self._prepare_here(conn)
-            return conn.exec_driver_sql(self._execute, tuple(params[p] for p in self._order))
+            args = tuple(params[p] for p in self._order)
+            if _through_sqlalchemy(conn):
+                return self._read(conn.exec_driver_sql(self._execute, args), self._rows)
+            return self._run(conn, args)
         except sa.exc.DBAPIError as exc:
             code = getattr(exc.orig, "pgcode", None)
             if code not in _STALE_SQLSTATES:
@@ -95,6 +193,35 @@ class PreparedStatement:
                     extra={"event": "prepared_statement_stale"},
                 )
             raise RetryableError(f"prepared statement {self.name} was stale ({code})") from exc
+
+    @staticmethod
+    def _read(result: CursorResult[Any], row_type: _RowType) -> Rows:
+        if not result.returns_rows:
+            return Rows([])
+        return Rows(row_type.rows(list(result.keys()), result.all()))
+
+    def _run(self, conn: Connection, args: tuple[Any, ...]) -> Rows:
+        """EXECUTE on the driver's cursor. A failure goes through SQLAlchemy's own handling,
+        which raises it as a DBAPIError and invalidates the connection when the server is gone."""
+        if conn.get_transaction() is None:
+            conn.begin()  # as SQLAlchemy's autobegin: conn.commit() then commits this statement
+        cursor = None
+        try:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            cursor.execute(self._execute, args)
+            if cursor.description is None:
+                return Rows([])
+            names = [column[0] for column in cursor.description]
+            return Rows(self._rows.rows(names, cursor.fetchall()))
+        except BaseException as exc:  # as SQLAlchemy: an interrupted call loses the connection
+            # Private to SQLAlchemy but the same in 2.0 and 2.1 (pyproject pins <2.2);
+            # tests/store/test_prepared.py checks the wrapping and the invalidation.
+            conn._handle_dbapi_exception(exc, self._execute, args, cursor, None)
+            raise  # pragma: no cover - _handle_dbapi_exception always raises
+        finally:
+            if cursor is not None:
+                with contextlib.suppress(Exception):  # a lost connection's cursor may not close
+                    cursor.close()
 
     def _prepare_here(self, conn: Connection) -> None:
         registry = _registry(conn)

@@ -4,7 +4,7 @@ scope an attempt reported by a worker may act in (its task instance, under which
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -117,7 +117,7 @@ def _fresh(max_age_s: float | sa.BindParameter[Any]) -> sa.ColumnElement[bool]:
     return w.c.heartbeat_at > cutoff
 
 
-def _row(r: sa.RowMapping, assigned: frozenset[tuple[int, int]] = frozenset()) -> WorkerRow:
+def _row(r: Mapping[Any, Any], assigned: frozenset[tuple[int, int]] = frozenset()) -> WorkerRow:
     return WorkerRow(
         id=r["id"],
         name=r["name"],
@@ -249,7 +249,7 @@ _LIVE = (
 )
 
 
-def _live_row(r: sa.RowMapping) -> WorkerRow:
+def _live_row(r: Mapping[Any, Any]) -> WorkerRow:
     return _row(r, frozenset(zip(r["assigned_ids"], r["assigned_tokens"], strict=True)))
 
 
@@ -363,7 +363,7 @@ def read_board(
         "with_pending": with_pending,
         "queues": _MAX_QUEUES,
     }
-    rows = _BOARD.execute(conn, params).mappings().all()
+    rows = _BOARD.execute(conn, params).mappings()
     first = rows[0]
     return Board(
         workers=[_live_row(r) for r in rows if r["id"] is not None],
