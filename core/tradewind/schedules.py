@@ -242,7 +242,17 @@ class _CronTimetable:
         naive = current.astimezone(self.zone).replace(tzinfo=None)
         tick = _cron_tick(self.expression, naive, forward=False)
         if _covers_every_hour(self.expression):
-            return current.astimezone(UTC) - (naive - tick)
+            # Stepping back by wall-clock time misses across a DST shift that is not a whole
+            # hour (Lord Howe's 30 minutes): next_tick steps 1:00 -> 2:30 -> 3:00 when DST
+            # starts, but 3:00 minus an hour is 1:30 standard time, and run after run then
+            # alternated between two intervals; when DST ends a step back can stop short, on a
+            # time that is no tick. So step back two ticks and forward to the last tick before
+            # `current`, as next_tick makes them.
+            earlier = _cron_tick(self.expression, tick, forward=False)
+            previous = current.astimezone(UTC) - (naive - earlier)
+            while (following := self.next_tick(previous)) < current:
+                previous = following
+            return previous
         previous = _localize(tick, self.zone)
         # Deliberate fix over Airflow: a wall-clock tick that DST skipped or repeated can map to
         # `current` itself or later (e.g. 2am -> 3am DST), which gave Airflow empty or inverted

@@ -7,13 +7,20 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from croniter import croniter
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tradewind.errors import InvalidScheduleError
-from tradewind.schedules import DataInterval, RunInfo, manual_data_interval, parse_schedule
+from tradewind.schedules import (
+    DataInterval,
+    RunInfo,
+    _CronTimetable,
+    manual_data_interval,
+    parse_schedule,
+)
 from tradewind.scheduling.runs import due_runs
 from tradewind.spec import DagSpec, ScheduleKind
 
@@ -80,6 +87,13 @@ ticks = st.floats(min_value=0, max_value=60)
 
 @SETTINGS
 @given(expression=st.sampled_from(CRONS), zone=st.sampled_from(ZONES), start=starts, count=ticks)
+# Lord Howe's 30-minute DST start: runs alternated between two intervals before the fix.
+@example(
+    expression="0 * * * *",
+    zone="Australia/Lord_Howe",
+    start=datetime(2023, 9, 29, tzinfo=UTC),
+    count=40.0,
+)
 def test_cron_runs_increase_and_tile(
     expression: str, zone: str, start: datetime, count: float
 ) -> None:
@@ -91,6 +105,22 @@ def test_cron_runs_increase_and_tile(
     assert all(run.logical_date >= start for run in decision.runs)
     if decision.runs and decision.next_run is not None:
         assert decision.runs[-1].data_interval.end == decision.next_run.data_interval.start
+
+
+@SETTINGS
+@given(expression=st.sampled_from(CRONS), zone=st.sampled_from(ZONES), start=starts)
+# Lord Howe's DST end: one step back by wall-clock time stopped short of 14:00 UTC.
+@example(expression="0 * * * *", zone="Australia/Lord_Howe", start=datetime(2023, 4, 1, tzinfo=UTC))
+def test_cron_prev_tick_undoes_next_tick(expression: str, zone: str, start: datetime) -> None:
+    """On the ticks next_tick makes (across DST changes too), prev_tick steps back to the same
+    ticks: what manual runs and catchup=False rely on to find an interval."""
+    timetable = _CronTimetable(expression, ZoneInfo(zone))
+    ticks = [timetable.align_to_next(start)]
+    for _ in range(30):
+        ticks.append(timetable.next_tick(ticks[-1]))
+    for before, after in itertools.pairwise(ticks):
+        assert before < after
+        assert timetable.prev_tick(after) == before, (before, after)
 
 
 @SETTINGS
