@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from tradewind.scheduling.examine import RunExamination, RunView, TaskInstanceView, examine_run
+from tradewind.scheduling.examine import RunExamination, RunView, examine_run
 from tradewind.spec import DagSpec
 from tradewind.states import DagRunState, TaskInstanceState
 from tradewind_cluster.observability.tracing import context_from, record_span
@@ -51,20 +51,6 @@ class _Emissions:
     finished: list[tuple[RunRow, DagRunState, datetime | None]] = field(default_factory=list)
     removed: Counter[str] = field(default_factory=Counter)
     restored: Counter[str] = field(default_factory=Counter)
-
-
-def _views(tis: list[store_examine.ExamineRow]) -> dict[str, TaskInstanceView]:
-    return {
-        t.task_id: TaskInstanceView(
-            task_id=t.task_id,
-            state=t.state,
-            try_number=t.try_number,
-            max_tries=t.max_tries,
-            next_retry_at=t.next_retry_at,
-            followed=t.followed,
-        )
-        for t in tis
-    }
 
 
 class RunExaminer:
@@ -158,7 +144,7 @@ class RunExaminer:
         exam = examine_run(
             spec,
             view,
-            _views(tis),
+            {t.task_id: t for t in tis},  # ExamineRow is a TaskInstanceLike as it is
             previous,
             now,
             allow_future_logical_date=run.run_type != "scheduled",

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Protocol
 
 from tradewind.errors import BadInputError
 from tradewind.scheduling.trigger_rules import TriggerOutcome, TriggerVerdict, evaluate_trigger_rule
@@ -28,6 +29,7 @@ __all__ = [
     "RunExamination",
     "RunView",
     "TaskDecision",
+    "TaskInstanceLike",
     "TaskInstanceView",
     "examine_run",
 ]
@@ -37,6 +39,20 @@ _IN_FLIGHT = frozenset({_TI.SCHEDULED, _TI.QUEUED, _TI.RUNNING})
 _PAST_OK = frozenset({_TI.SUCCESS, _TI.SKIPPED})
 _FAILED_LEAF = frozenset({_TI.FAILED, _TI.UPSTREAM_FAILED})
 _NAMES_SHOWN = 5
+
+
+class TaskInstanceLike(Protocol):
+    """What examining a run reads of each task instance: a TaskInstanceView, or any object
+    with these attributes (the scheduler passes the rows it read, as they are)."""
+
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def state(self) -> TaskInstanceState: ...
+    @property
+    def next_retry_at(self) -> datetime | None: ...
+    @property
+    def followed(self) -> tuple[str, ...] | None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,7 +176,7 @@ def _skipped_by(
 
 
 def _branch_skips(
-    spec: DagSpec, states: Mapping[str, TaskInstanceState], tis: Mapping[str, TaskInstanceView]
+    spec: DagSpec, states: Mapping[str, TaskInstanceState], tis: Mapping[str, TaskInstanceLike]
 ) -> dict[str, str]:
     """Task id -> reason for every task a finished branch or short-circuit skips."""
     skips: dict[str, str] = {}
@@ -195,7 +211,7 @@ class _Walk:
     def __init__(
         self,
         spec: DagSpec,
-        tis: Mapping[str, TaskInstanceView],
+        tis: Mapping[str, TaskInstanceLike],
         previous_states: Mapping[str, TaskInstanceState],
         now: datetime,
     ) -> None:
@@ -260,7 +276,7 @@ class _Walk:
 
 
 def _vanished(
-    spec: DagSpec, tis: Mapping[str, TaskInstanceView]
+    spec: DagSpec, tis: Mapping[str, TaskInstanceLike]
 ) -> tuple[list[TaskDecision], list[str]]:
     """Removed decisions for task instances whose task left the DAG, and the stranded ones."""
     decisions: list[TaskDecision] = []
@@ -322,7 +338,7 @@ def _decide_run(spec: DagSpec, states: Mapping[str, TaskInstanceState]) -> RunDe
     )
 
 
-def _time_out(spec: DagSpec, run: RunView, tis: Mapping[str, TaskInstanceView]) -> RunExamination:
+def _time_out(spec: DagSpec, run: RunView, tis: Mapping[str, TaskInstanceLike]) -> RunExamination:
     reason = f"run exceeded dagrun_timeout {spec.dagrun_timeout} (started {run.start_date})"
     decisions = tuple(
         _decision(view.task_id, view.state, _TI.SKIPPED, reason)
@@ -340,7 +356,7 @@ def _time_out(spec: DagSpec, run: RunView, tis: Mapping[str, TaskInstanceView]) 
 def examine_run(
     spec: DagSpec,
     run: RunView,
-    tis: Mapping[str, TaskInstanceView],
+    tis: Mapping[str, TaskInstanceLike],
     previous_states: Mapping[str, TaskInstanceState],
     now: datetime,
     *,
