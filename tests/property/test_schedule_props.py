@@ -47,6 +47,21 @@ ZONES = ["UTC", "Europe/Zurich", "America/New_York", "Australia/Lord_Howe", "Asi
 starts = st.datetimes(
     min_value=datetime(2023, 1, 1), max_value=datetime(2023, 12, 31), timezones=st.just(UTC)
 ).map(lambda moment: moment.replace(microsecond=0))
+# The 2023 DST changes of the zones above, in UTC: starts up to a day and a half before one
+# (and a little after) put a change inside the window.
+DST_CHANGES = [
+    datetime(2023, 3, 12, 7, tzinfo=UTC),  # America/New_York
+    datetime(2023, 11, 5, 6, tzinfo=UTC),
+    datetime(2023, 3, 26, 1, tzinfo=UTC),  # Europe/Zurich
+    datetime(2023, 10, 29, 1, tzinfo=UTC),
+    datetime(2023, 4, 1, 15, tzinfo=UTC),  # Australia/Lord_Howe (30 minutes)
+    datetime(2023, 9, 30, 15, 30, tzinfo=UTC),
+]
+near_dst = st.sampled_from(DST_CHANGES).flatmap(
+    lambda change: st.integers(min_value=-36 * 60, max_value=6 * 60).map(
+        lambda minutes: change + timedelta(minutes=minutes)
+    )
+)
 deltas = st.timedeltas(min_value=timedelta(minutes=1), max_value=timedelta(days=3)).map(
     lambda delta: timedelta(seconds=max(60, int(delta.total_seconds())))
 )
@@ -86,7 +101,12 @@ ticks = st.floats(min_value=0, max_value=60)
 
 
 @SETTINGS
-@given(expression=st.sampled_from(CRONS), zone=st.sampled_from(ZONES), start=starts, count=ticks)
+@given(
+    expression=st.sampled_from(CRONS),
+    zone=st.sampled_from(ZONES),
+    start=starts | near_dst,
+    count=ticks,
+)
 # Lord Howe's 30-minute DST start: runs alternated between two intervals before the fix.
 @example(
     expression="0 * * * *",
@@ -108,7 +128,7 @@ def test_cron_runs_increase_and_tile(
 
 
 @SETTINGS
-@given(expression=st.sampled_from(CRONS), zone=st.sampled_from(ZONES), start=starts)
+@given(expression=st.sampled_from(CRONS), zone=st.sampled_from(ZONES), start=starts | near_dst)
 # Lord Howe's DST end: one step back by wall-clock time stopped short of 14:00 UTC.
 @example(expression="0 * * * *", zone="Australia/Lord_Howe", start=datetime(2023, 4, 1, tzinfo=UTC))
 def test_cron_prev_tick_undoes_next_tick(expression: str, zone: str, start: datetime) -> None:

@@ -259,8 +259,10 @@ def test_a_lost_session_invalidates_the_connection(database: Database, db_url: s
             _run(conn, 2, [])
         assert raised.value.connection_invalidated
         assert conn.invalidated
-    # The pool replaced it: the next checkout has a live session (which prepares afresh).
-    assert database.statement(lambda c: _run(c, 5, ["b"])) == (7, ["b"], "5")
+        conn.rollback()
+        # The connection reconnects on its next use: a new session, which prepares afresh.
+        assert _run(conn, 5, ["b"]) == (7, ["b"], "5")
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
 
 
 def test_a_statement_outside_a_transaction_is_committed_by_commit(database: Database) -> None:
@@ -305,3 +307,28 @@ def test_a_failed_transaction_answers_as_sqlalchemy_does(database: Database) -> 
             assert _run(conn, 2, []) == (4, [], "2")
     finally:
         database.read(lambda c: c.exec_driver_sql("DROP TABLE tw_deferred"))
+
+
+def test_a_driver_refusal_is_raised_as_it_is(database: Database) -> None:
+    """psycopg2 refuses a NUL character before anything reaches the server: a ValueError, as
+    SQLAlchemy's own path raises it, and the connection stays usable."""
+    with database.autocommit_engine.connect() as conn:
+        assert _run(conn, 1, []) == (3, [], "1")
+        with pytest.raises(ValueError, match="NUL"):
+            _run(conn, 1, ["a\x00b"])
+        assert not conn.invalidated
+        assert _run(conn, 2, ["c"]) == (4, ["c"], "2")
+
+
+def test_with_echo_the_statement_goes_through_sqlalchemy(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLAlchemy's echo logs every statement it runs: a prepared one included."""
+    engine = sa.create_engine(db_url, echo=True).execution_options(tradewind_prepare=True)
+    try:
+        with caplog.at_level("INFO", logger="sqlalchemy.engine"), engine.connect() as conn:
+            assert _run(conn, 40, ["x"]) == (42, ["x"], "40")
+            assert _run(conn, 1, []) == (3, [], "1")  # prepared by then: EXECUTE alone
+    finally:
+        engine.dispose()
+    assert sum("EXECUTE tw_test_sum" in r.getMessage() for r in caplog.records) == 2

@@ -128,14 +128,16 @@ class _RowType:
 def _through_sqlalchemy(conn: Connection) -> bool:
     """Whether EXECUTE must take SQLAlchemy's execution path: something watches its statements
     (event listeners on the connection, engine or dialect; echo), or the connection's
-    transaction has failed (SQLAlchemy then raises its PendingRollbackError)."""
+    transaction or savepoint has failed (SQLAlchemy then raises its PendingRollbackError)."""
     transaction = conn.get_transaction()
+    savepoint = conn.get_nested_transaction()
     return bool(
         conn._has_events
         or conn.engine._has_events
         or conn.dialect._has_events
         or conn._echo
         or (transaction is not None and not transaction.is_active)
+        or (savepoint is not None and not savepoint.is_active)
     )
 
 
@@ -215,8 +217,12 @@ class PreparedStatement:
             return Rows(self._rows.rows(names, cursor.fetchall()))
         except BaseException as exc:  # as SQLAlchemy: an interrupted call loses the connection
             # Private to SQLAlchemy but the same in 2.0 and 2.1 (pyproject pins <2.2);
-            # tests/store/test_prepared.py checks the wrapping and the invalidation.
-            conn._handle_dbapi_exception(exc, self._execute, args, cursor, None)
+            # tests/store/test_prepared.py checks the wrapping and the invalidation. Only a
+            # driver error is wrapped (with no statement, anything else is raised as it is,
+            # e.g. psycopg2's ValueError for a NUL character, as SQLAlchemy's own path does).
+            driver = isinstance(exc, conn.dialect.loaded_dbapi.Error)
+            statement = self._execute if driver else None
+            conn._handle_dbapi_exception(exc, statement, args, cursor, None)
             raise  # pragma: no cover - _handle_dbapi_exception always raises
         finally:
             if cursor is not None:
