@@ -138,10 +138,10 @@ def test_an_examine_claim_locks_due_runs_with_their_hashes_and_task_instances(
     claimed = database.transaction(lambda c: claim_runs_with_tis(c, now=now, limit=10))
     assert {r.id for r in claimed.runs} == {pks["two_tis"], pks["no_tis"], pks["unparsed"]}
     assert claimed.spec_hashes == {"parsed": "h1"}  # a DAG never parsed has none
-    assert sorted(t.task_id for t in claimed.tis[pks["two_tis"]]) == ["a", "b"]
+    assert sorted(t.task_id for t in claimed.tis[pks["two_tis"]].values()) == ["a", "b"]
     assert pks["no_tis"] not in claimed.tis
-    assert [t.task_id for t in claimed.tis[pks["unparsed"]]] == ["a"]
-    by_task = {t.task_id: t for t in claimed.tis[pks["two_tis"]]}
+    assert [t.task_id for t in claimed.tis[pks["unparsed"]].values()] == ["a"]
+    by_task = claimed.tis[pks["two_tis"]]
     assert by_task["a"] == ExamineRow(
         ti_a[0], "a", TaskInstanceState.NONE, 0, 0, None, None, "default_pool"
     )

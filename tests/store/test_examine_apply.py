@@ -49,7 +49,7 @@ def _examined(
             run=row,
             spec=spec,
             exam=RunExamination(task_decisions=tuple(decisions)),
-            tis=tis_of_run(conn, run_pk),
+            tis={t.task_id: t for t in tis_of_run(conn, run_pk)},
         )
 
     return database.read(read)

@@ -87,7 +87,7 @@ class RunExaminer:
             spec = specs.get(run.dag_id)
             if spec is None:
                 continue
-            run_tis = tis.get(run.id, [])
+            run_tis = tis.get(run.id, {})
             past = [t.task_id for t in spec.tasks.values() if t.depends_on_past]
             exam = self._decide(conn, run, spec, run_tis, past, now, emissions)
             item = store_examine.Examined(run=run, spec=spec, exam=exam, tis=run_tis)
@@ -128,7 +128,7 @@ class RunExaminer:
         conn: Connection,
         run: RunRow,
         spec: DagSpec,
-        tis: list[store_examine.ExamineRow],
+        tis: dict[str, store_examine.ExamineRow],
         past: list[str],
         now: datetime,
         emissions: _Emissions,
@@ -144,7 +144,7 @@ class RunExaminer:
         exam = examine_run(
             spec,
             view,
-            {t.task_id: t for t in tis},  # ExamineRow is a TaskInstanceLike as it is
+            tis,  # ExamineRow is a TaskInstanceLike as it is
             previous,
             now,
             allow_future_logical_date=run.run_type != "scheduled",
@@ -166,12 +166,11 @@ class RunExaminer:
         self,
         run: RunRow,
         exam: RunExamination,
-        tis: list[store_examine.ExamineRow],
+        tis: dict[str, store_examine.ExamineRow],
         emissions: _Emissions,
     ) -> None:
-        by_task = {t.task_id: t for t in tis}
         for d in exam.task_decisions:
-            row = by_task.get(d.task_id)
+            row = tis.get(d.task_id)
             if row is not None and d.to_state is TaskInstanceState.SCHEDULED:
                 emissions.scheduled.append((run, row))
         emissions.restored[run.dag_id] += len(exam.to_restore)

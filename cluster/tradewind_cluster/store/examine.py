@@ -101,7 +101,7 @@ class Claimed:
 
     runs: list[RunRow]
     spec_hashes: dict[str, str]  # dag_id -> hash of its stored spec (DAGs never parsed: none)
-    tis: dict[int, list[ExamineRow]]  # run pk -> its task instances
+    tis: dict[int, dict[str, ExamineRow]]  # run pk -> task id -> its task instance
 
 
 _RUN_COLUMNS = tuple(c.name for c in dag_run.c)
@@ -146,13 +146,14 @@ def claim_runs_with_tis(conn: Connection, *, now: datetime, limit: int) -> Claim
         for row in _CLAIM.execute(conn, {"now": now, "limit": limit})
     ]
     hashes: dict[str, str] = {}
-    tis: dict[int, list[ExamineRow]] = defaultdict(list)
+    tis: dict[int, dict[str, ExamineRow]] = defaultdict(dict)
     if runs:
         for row in _HASHES_AND_TIS.execute(conn, {"pks": [r.id for r in runs]}):
             if row[2] is not None:
                 hashes[row[1]] = row[2]
             if row[3] is not None:  # a run with no task instance yet has one row of NULLs
-                tis[row[0]].append(_examine_row(row[3:]))
+                found = _examine_row(row[3:])
+                tis[row[0]][found.task_id] = found
     return Claimed(runs=runs, spec_hashes=hashes, tis=dict(tis))
 
 
@@ -185,7 +186,7 @@ class Examined:
     run: RunRow
     spec: DagSpec
     exam: RunExamination
-    tis: Sequence[ExaminedTI]
+    tis: Mapping[str, ExaminedTI]  # by task id
 
 
 def apply_examinations(
@@ -198,11 +199,7 @@ def apply_examinations(
         if it.exam.to_create:
             insert_task_instances(conn, it.spec, [it.run], it.exam.to_create)
     restore = [
-        t.id
-        for it in items
-        if it.exam.to_restore
-        for t in it.tis
-        if t.task_id in it.exam.to_restore
+        it.tis[task_id].id for it in items for task_id in it.exam.to_restore if task_id in it.tis
     ]
     if restore:
         set_tis_state(conn, restore, expect=_TI.REMOVED, to=_TI.NONE)
@@ -266,9 +263,8 @@ def _move(
     dsts: list[str] = []
     reasons: list[str] = []
     for i, it in enumerate(items):
-        by_task = {t.task_id: t for t in it.tis}
         for d in it.exam.task_decisions:
-            row = by_task.get(d.task_id)
+            row = it.tis.get(d.task_id)
             if row is not None:
                 check_legal(d.from_state, d.to_state)
                 decided[row.id] = (i, row.pool, d.from_state, d.to_state)

@@ -164,18 +164,17 @@ class PreparedStatement:
         arguments = f" ({', '.join(['%s'] * len(order))})" if order else ""
         self._execute = f"EXECUTE {name}{arguments}"
         self._rows = _RowType()
-        self._plain_rows = _RowType()
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Rows:
         """Run the statement with params (every parameter, by name). RetryableError when the
         session's prepared statement turned out stale: the caller's retry prepares it again."""
         if not conn.get_execution_options().get(PREPARE_OPTION, False):
-            return self._read(conn.execute(self.statement, dict(params)), self._plain_rows)
+            return self._read(conn.execute(self.statement, dict(params)))
         try:
             self._prepare_here(conn)
             args = tuple(params[p] for p in self._order)
             if _through_sqlalchemy(conn):
-                return self._read(conn.exec_driver_sql(self._execute, args), self._rows)
+                return self._read(conn.exec_driver_sql(self._execute, args))
             return self._run(conn, args)
         except sa.exc.DBAPIError as exc:
             code = getattr(exc.orig, "pgcode", None)
@@ -196,11 +195,10 @@ class PreparedStatement:
                 )
             raise RetryableError(f"prepared statement {self.name} was stale ({code})") from exc
 
-    @staticmethod
-    def _read(result: CursorResult[Any], row_type: _RowType) -> Rows:
+    def _read(self, result: CursorResult[Any]) -> Rows:
         if not result.returns_rows:
             return Rows([])
-        return Rows(row_type.rows(list(result.keys()), result.all()))
+        return Rows(self._rows.rows(list(result.keys()), result.all()))
 
     def _run(self, conn: Connection, args: tuple[Any, ...]) -> Rows:
         """EXECUTE on the driver's cursor. A failure goes through SQLAlchemy's own handling,
