@@ -372,6 +372,23 @@ def test_two_replicas_parse_each_of_20_files_exactly_once(
     assert len(active(database)) == 20
 
 
+def test_idle_parser_sleeps_until_a_file_can_next_be_leased(
+    database: Database, tmp_path: Path
+) -> None:
+    """Replicas wake when files fall due and share them; a fixed sleep let one replica's phase
+    take every file while its peers slept."""
+    register(database, "a", "b")
+    a, b = make(database, tmp_path, "a"), make(database, tmp_path, "b")
+    assert a.idle_s(NOW, 5.0) == 5.0  # no file: the plain cap
+    write(tmp_path, "f.py", good("d"))
+    assert a.discover(NOW) is not None
+    assert a.idle_s(NOW, 5.0) == 0.05  # due now but not leased this pass: look again soon
+    assert a.run_once(NOW).files_parsed == 1  # next parse 30 s on
+    assert a.idle_s(NOW + timedelta(seconds=28), 5.0) == 2.0
+    assert b.idle_s(NOW + timedelta(seconds=28), 5.0) == 2.0
+    assert a.idle_s(NOW, 5.0) == 5.0
+
+
 def test_files_leased_by_a_dead_replica_are_taken_over(database: Database, tmp_path: Path) -> None:
     register(database, "a", "b")
     for i in range(3):

@@ -159,6 +159,32 @@ def test_release_dead_leases_clears_only_leases_of_members_not_alive(database: D
     assert one(database, dag_file, path="/d/y.py")["lease_owner"] is None
 
 
+def test_next_claimable_at_is_the_earliest_time_a_file_can_be_leased(database: Database) -> None:
+    def next_at(member: str, now: datetime = NOW) -> datetime | None:
+        return database.read(lambda c: df.next_claimable_at(c, member_id=member, now=now))
+
+    register(database, "a", "b")
+    assert next_at("a") is None  # no file at all
+    add_files(database, "/d/x.py", due=NOW + timedelta(seconds=3))
+    add_files(database, "/d/y.py", due=NOW + timedelta(seconds=7))
+    add_files(database, "/d/gone.py", due=NOW - timedelta(seconds=1))
+    database.transaction(lambda c: df.mark_missing_files(c, ["/d/x.py", "/d/y.py"], limit=10))
+    assert next_at("a") == NOW + timedelta(seconds=3)  # a missing file is never due
+
+    # b leases x: a can lease it only when b's lease ends, so y is a's next; x stays b's own.
+    now = NOW + timedelta(seconds=3)
+    assert claim(database, "b", now=now, limit=1) == ["/d/x.py"]
+    assert next_at("a", now) == NOW + timedelta(seconds=7)
+    assert next_at("b", now) == NOW + timedelta(seconds=3)
+
+    # A lease held by a member that is not alive does not delay anyone.
+    seq = database.read(lambda c: {m.id: m.heartbeat_seq for m in members.list_members(c)})["b"]
+    assert database.transaction(
+        lambda c: members.declare_dead(c, "b", seen_seq=seq, by="a", reason="test")
+    )
+    assert next_at("a", now) == NOW + timedelta(seconds=3)
+
+
 # --------------------------------------------------------------------------------- discovery
 def test_discovery_lease_has_one_holder_per_interval(database: Database) -> None:
     until = NOW + timedelta(seconds=30)

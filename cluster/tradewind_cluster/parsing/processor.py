@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 _RUNNER = "tradewind_cluster.parsing.runner"
 _STDERR_TAIL = 2_000
 _COUNT_CAP = 1_000_000
+# A file due but not leased (a peer's claim held its row for that instant): look again soon.
+_MIN_IDLE_S = 0.05
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -232,6 +234,17 @@ class DagFileProcessor:
             dag_bag_size=bag_size,
             import_errors_total=errors_total,
         )
+
+    def idle_s(self, now: datetime, cap_s: float) -> float:
+        """How long the parse step may sleep after a pass that found nothing: until a file
+        can next be leased (so every replica wakes when files fall due and they share them,
+        where a fixed sleep let one replica's phase take every file), `cap_s` at most."""
+        due = self.db.read(
+            lambda conn: store.next_claimable_at(conn, member_id=self.member_id, now=now)
+        )
+        if due is None:
+            return cap_s
+        return min(cap_s, max(_MIN_IDLE_S, (due - now).total_seconds()))
 
     # -- discovery ------------------------------------------------------------------------
     def _maybe_discover(

@@ -107,7 +107,11 @@ class SchedulerReplica:
             store_ok_for=self._store_ok_for,
         )
         self.reports.on_change = self._attempt_ended
-        self._parse_once = self._make_parser() if parse else None
+        self._parser = (
+            DagFileProcessor(db, ProcessorOptions.from_settings(settings), self.member_id)
+            if parse
+            else None
+        )
         self._on_declared_dead = on_declared_dead
         self.health = HealthState()
         self._stop = threading.Event()
@@ -165,7 +169,7 @@ class SchedulerReplica:
         self.membership.start()
         self.health_sync = HealthSync(self.health, self.rpc_server.set_serving).start()
         self._spawn("scheduler-loop", self._run_loop)
-        if self._parse_once is not None:
+        if self._parser is not None:
             self._spawn("dag-parser", self._run_parser)
         log.info(
             "scheduler %s started: grpc=%s health=%s metrics=%s",
@@ -211,17 +215,10 @@ class SchedulerReplica:
             )
         return GrpcDispatcher.for_replica(self.ctx, self.settings, rpc_options(self.settings, 0))
 
-    def _make_parser(self) -> Callable[[], object]:
-        processor = DagFileProcessor(
-            self.db, ProcessorOptions.from_settings(self.settings), self.member_id
-        )
-
-        def parse_once() -> object:
-            report = processor.run_once(self.ctx.clock())
-            self._emit_parse(report)
-            return report
-
-        return parse_once
+    def _parse_once(self, parser: DagFileProcessor) -> ParseReport:
+        report = parser.run_once(self.ctx.clock())
+        self._emit_parse(report)
+        return report
 
     def _emit_parse(self, report: ParseReport) -> None:
         """Airflow's dag_processing metrics for one parse pass (file names as their stems)."""
@@ -250,13 +247,13 @@ class SchedulerReplica:
         )
 
     def _run_parser(self) -> None:
-        assert self._parse_once is not None
-        interval = min(self.settings.scheduler.parse_interval_s, 5.0)
+        parser = self._parser
+        assert parser is not None
+        cap_s = min(self.settings.scheduler.parse_interval_s, 5.0)
         while not self._stop.is_set():
             busy = False
             try:
-                report = self._parse_once()
-                busy = bool(getattr(report, "files", ()))
+                busy = bool(self._parse_once(parser).files)
                 self.health.beat("parser")
             except Exception as exc:
                 # only the exception type in /health: its text may carry a secret
@@ -264,7 +261,13 @@ class SchedulerReplica:
                 self.metrics.incr("dag_file_refresh_error")
                 log.exception("DAG parsing pass failed", extra={"event": "parse_failed"})
             if not busy:  # files were due: look again at once, more may be due
-                self._stop.wait(interval)
+                self._stop.wait(self._parser_idle_s(parser, cap_s))
+
+    def _parser_idle_s(self, parser: DagFileProcessor, cap_s: float) -> float:
+        try:
+            return parser.idle_s(self.ctx.clock(), cap_s)
+        except Exception:  # noqa: BLE001 - the store may be down: the pass will say so
+            return cap_s
 
     # -- health ------------------------------------------------------------------------
     def _register_health(self) -> None:
@@ -274,7 +277,7 @@ class SchedulerReplica:
         self.health.set_detail("version", __version__)
         self.health.register("heartbeat", threshold_s=s.health_threshold_s)
         self.health.register("loop", threshold_s=s.loop_stall_threshold_s)
-        if self._parse_once is not None:
+        if self._parser is not None:
             self.health.register("parser", threshold_s=s.parse_interval_s + 2 * s.parse_timeout_s)
 
     def _on_heartbeat(self, ok: bool, error: str | None) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "list_dag_files",
     "list_import_errors",
     "mark_missing_files",
+    "next_claimable_at",
     "rearm_file",
     "release_dead_leases",
     "schedule_values",
@@ -242,6 +243,19 @@ def claim_due_files(
         .returning(*dag_file.c)
     ).mappings()
     return sorted((_file_row(r) for r in rows), key=lambda f: (f.next_parse_at, f.path))
+
+
+def next_claimable_at(conn: Connection, *, member_id: str, now: datetime) -> datetime | None:
+    """When `member_id` may next lease a present file: its next parse time, or the end of a
+    live lease held by another member if that is later. None when no file is present. A
+    parser sleeping until then wakes with its peers, so the due files are shared out."""
+    claimable = sa.case(
+        (_lease_is_free(member_id, now), dag_file.c.next_parse_at),
+        else_=sa.func.greatest(dag_file.c.next_parse_at, dag_file.c.lease_expires_at),
+    )
+    return conn.execute(
+        sa.select(sa.func.min(claimable)).where(dag_file.c.is_present)
+    ).scalar_one_or_none()
 
 
 def release_dead_leases(conn: Connection, *, member_id: str, limit: int) -> int:
