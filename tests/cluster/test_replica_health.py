@@ -3,17 +3,21 @@ when the loop hangs and healthy again when it recovers; a replica declared dead 
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.support.factories import T0
 from tests.support.processes import http_json, wait_until
 from tradewind_cluster.config import Settings
 from tradewind_cluster.scheduler.replica import SchedulerReplica
-from tradewind_cluster.store import members
+from tradewind_cluster.store import dag_files, members
 from tradewind_cluster.store.database import Database
 
 pytestmark = pytest.mark.cluster
@@ -112,3 +116,34 @@ def test_a_replica_declared_dead_stops_at_its_next_heartbeat(
     wait_until(declare, 10, "the declaration to win against fresh heartbeats", interval=0.01)
     wait_until(lambda: dead, 5, "the replica to notice it was declared dead")
     assert "declared dead" in dead[0]
+
+
+def test_a_failing_parse_pass_is_retried_after_the_interval_not_at_once(
+    database: Database, tmp_path: Path
+) -> None:
+    """A failed pass may hold leases on due files, which count as due now: the parser waits
+    its interval (here 1 s) before the next pass, instead of spinning on them."""
+    settings = Settings(
+        core={"dags_folder": str(tmp_path)},
+        scheduler={"parse_interval_s": 1.0, "heartbeat_interval_s": 0.2},
+        health={"bind_host": "127.0.0.1"},
+    )
+    database.transaction(lambda c: dag_files.upsert_present_files(c, ["/d/x.py"], now=T0))
+    r = SchedulerReplica(settings, database, name="parse-fails")
+    assert r._parser is not None
+    passes: list[float] = []
+
+    def fail(now: object) -> object:
+        passes.append(time.monotonic())
+        raise RuntimeError("the parse step failed")
+
+    r._parser.run_once = fail  # type: ignore[method-assign]
+    r.start()
+    try:
+        wait_until(lambda: len(passes) >= 2, 10, "a second pass")
+        time.sleep(0.5)
+    finally:
+        r.stop()
+    gaps = [b - a for a, b in itertools.pairwise(passes)]
+    assert gaps, passes
+    assert min(gaps) >= 0.9, gaps

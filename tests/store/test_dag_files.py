@@ -165,6 +165,12 @@ def test_next_claimable_at_is_the_earliest_time_a_file_can_be_leased(database: D
 
     register(database, "a", "b")
     assert next_at("a") is None  # no file at all
+    add_files(database, "/d/only.py")
+    assert claim(database, "b") == ["/d/only.py"]
+    assert next_at("a") == LEASE  # the only file is b's until its lease ends
+    assert next_at("b") == NOW
+    database.transaction(lambda c: df.mark_missing_files(c, [], limit=10))
+    assert next_at("a") is None  # gone: nothing present
     add_files(database, "/d/x.py", due=NOW + timedelta(seconds=3))
     add_files(database, "/d/y.py", due=NOW + timedelta(seconds=7))
     add_files(database, "/d/gone.py", due=NOW - timedelta(seconds=1))

@@ -251,7 +251,6 @@ class SchedulerReplica:
         assert parser is not None
         cap_s = min(self.settings.scheduler.parse_interval_s, 5.0)
         while not self._stop.is_set():
-            busy = False
             try:
                 busy = bool(self._parse_once(parser).files)
                 self.health.beat("parser")
@@ -260,13 +259,17 @@ class SchedulerReplica:
                 self.health.set_failure("parser", type(exc).__name__)
                 self.metrics.incr("dag_file_refresh_error")
                 log.exception("DAG parsing pass failed", extra={"event": "parse_failed"})
+                # A failed pass may keep its leases on due files, which idle_s counts as
+                # due now: wait the whole cap, not a moment, before trying again.
+                self._stop.wait(cap_s)
+                continue
             if not busy:  # files were due: look again at once, more may be due
                 self._stop.wait(self._parser_idle_s(parser, cap_s))
 
     def _parser_idle_s(self, parser: DagFileProcessor, cap_s: float) -> float:
         try:
             return parser.idle_s(self.ctx.clock(), cap_s)
-        except Exception:  # noqa: BLE001 - the store may be down: the pass will say so
+        except Exception:  # noqa: BLE001 - the store may be down: the next pass will say so
             return cap_s
 
     # -- health ------------------------------------------------------------------------
