@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck contracts pytest fmt venv clean protos bench bench-full
+.PHONY: run test lint typecheck contracts pytest fmt venv clean protos bench bench-full \
+	bench-airflow
 
 venv: $(STAMP)
 
@@ -52,5 +53,21 @@ bench-full: $(STAMP)
 	  $(BIN)/python -m loadtest run $$s --profile full --workers 2; done
 	$(BIN)/python -m loadtest run failover --profile full --workers 2 --restart
 
+# The same chain on Apache Airflow 2.11 (LocalExecutor, default settings), side by side. Airflow
+# gets its own environment: it pins SQLAlchemy 1.4. PyPI's newest compatible dependencies are
+# used (Airflow's constraint files live on GitHub).
+AIRFLOW_VENV ?= .venv-airflow
+AIRFLOW_VERSION ?= 2.11.0
+
+$(AIRFLOW_VENV)/.installed:
+	@test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet 'apache-airflow[postgres]==$(AIRFLOW_VERSION)'
+	@touch $@
+
+bench-airflow: $(STAMP) $(AIRFLOW_VENV)/.installed
+	$(BIN)/python -m loadtest airflow chain --profile quick --airflow-python $(AIRFLOW_VENV)/bin/python
+	$(BIN)/python -m loadtest run chain --profile quick --workers 2
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(AIRFLOW_VENV) .mypy_cache .ruff_cache .pytest_cache

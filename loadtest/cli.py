@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from loadtest.aims import missed_floors
+from loadtest.airflow import AIRFLOW_SCENARIOS, AirflowOptions, run_airflow
 from loadtest.netpart import PartitionMethod
 from loadtest.profiling import find_py_spy
 from loadtest.runner import RunOptions, run_scenario
@@ -68,6 +70,31 @@ def build_parser() -> argparse.ArgumentParser:
         "report shows where the hottest one spends its time",
     )
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    air = sub.add_parser(
+        "airflow",
+        help="run a scenario's load on Apache Airflow 2 (LocalExecutor, default settings) for "
+        "a side-by-side comparison",
+    )
+    air.add_argument("scenario", choices=[s.value for s in AIRFLOW_SCENARIOS])
+    air.add_argument(
+        "--airflow-python",
+        type=Path,
+        required=True,
+        help="the python of an environment with apache-airflow[postgres] installed "
+        "(`make bench-airflow` builds .venv-airflow)",
+    )
+    air.add_argument("--profile", choices=[p.value for p in Profile], default="quick")
+    air.add_argument("--task-kind", choices=[k.value for k in TaskKind], default="bash")
+    air.add_argument("--dags", type=int, help="override the profile's DAG count")
+    air.add_argument("--size", type=int, help="override the chain length / tree depth / width")
+    air.add_argument("--database-url", help="a PostgreSQL server (default: embedded)")
+    air.add_argument("--out", type=Path, default=Path("loadtest-results"), help="report folder")
+    air.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds for the load to finish (default: one per task instance, 600 at least)",
+    )
+    air.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
 
 
@@ -160,12 +187,50 @@ def _run(args: argparse.Namespace) -> int:
     return outcome.exit_code
 
 
+def _airflow(args: argparse.Namespace) -> int:
+    python = args.airflow_python
+    if not (python.is_file() and os.access(python, os.X_OK)):
+        raise BadInputError(f"--airflow-python {python}: not an executable file")
+    if args.timeout is not None and args.timeout <= 0:
+        raise BadInputError(f"--timeout {args.timeout}: must be more than 0")
+    # Two workers of 8 slots, as the aims are measured: fanout's pool is sized from them.
+    plan = plan_for(
+        Scenario(args.scenario),
+        Profile(args.profile),
+        task_kind=TaskKind(args.task_kind),
+        workers=2,
+        slots=8,
+        dags=args.dags,
+        size=args.size,
+    )
+    outcome = run_airflow(
+        AirflowOptions(
+            plan=plan,
+            airflow_python=python,
+            out_dir=args.out,
+            database_url=args.database_url,
+            show_progress=not args.quiet,
+            timeout_s=args.timeout,
+        )
+    )
+    r = outcome.results
+    lat = r["task_latency_ms"]
+    print(
+        f"{'PASS' if r['ok'] else 'FAIL'} airflow {r['airflow_version']} {r['scenario']}: task "
+        f"latency p50 {lat['p50']} ms p99 {lat['p99']} ms, "
+        f"{r['throughput_tis_per_s']['overall']} task instances/s"
+    )
+    print(f"report: {outcome.run_dir / 'summary.md'}")
+    return outcome.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _list() if args.command == "list" else _run(args)
+        commands = {"list": lambda _: _list(), "run": _run, "airflow": _airflow}
+        return commands[args.command](args)
     except BadInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -134,8 +134,11 @@ def _normalise(url: str) -> str:
     return url
 
 
-def open_store(run_dir: Path, server_url: str | None) -> tuple[Store, object | None]:
-    """Create a fresh, migrated database; returns it and the embedded server's handle."""
+def open_store(
+    run_dir: Path, server_url: str | None, *, migrate: bool = True
+) -> tuple[Store, object | None]:
+    """Create a fresh database, migrated to Tradewind's schema unless `migrate` is false;
+    returns it and the embedded server's handle."""
     from tradewind_cluster.embedded import EmbeddedPostgres
     from tradewind_cluster.store.database import Database
     from tradewind_cluster.store.migrate import upgrade
@@ -154,11 +157,12 @@ def open_store(run_dir: Path, server_url: str | None) -> tuple[Store, object | N
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     engine.dispose()
     url = make_url(admin).set(database=name).render_as_string(hide_password=False)
-    db = Database(url)
-    try:
-        upgrade(db)
-    finally:
-        db.dispose()
+    if migrate:
+        db = Database(url)
+        try:
+            upgrade(db)
+        finally:
+            db.dispose()
     store = Store(url=url, embedded=handle is not None, pgdata=pgdata, admin_url=admin, name=name)
     return store, handle
 

@@ -7,15 +7,16 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from loadtest.collect import AttemptRecord, RunRecord, StoreSnapshot, TiRecord
+from loadtest.collect import AttemptRecord, RunRecord, StoreSnapshot
 from loadtest.ledger import Execution, IdentitySource, Ledger, ti_key
 from loadtest.sampler import ProcessUsage
 
 __all__ = [
     "ROLE_KEYS",
     "TERMINAL",
+    "Finishing",
     "Timed",
     "cpu_per_1000",
     "final_executions",
@@ -36,6 +37,17 @@ ROLE_KEYS = {
     "postgres": "postgres",
     "harness": "harness",
 }
+
+
+class Finishing(Protocol):
+    """A task instance as throughput reads it: Tradewind's TiRecord, or Airflow's."""
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def end_date(self) -> float | None: ...
+
+
 Timed = tuple[float, float]
 """(when, value): a value and the local time it belongs to, for plots over time."""
 
@@ -133,7 +145,7 @@ def trigger_to_start_ms(runs: Sequence[RunRecord]) -> list[float]:
     ]
 
 
-def throughput(tis: Sequence[TiRecord], start: float, offset_s: float) -> dict[str, Any]:
+def throughput(tis: Sequence[Finishing], start: float, offset_s: float) -> dict[str, Any]:
     """Task instances finished per second: overall since `start` (local clock) and per bucket."""
     ends = sorted(t.end_date - offset_s for t in tis if t.state in TERMINAL and t.end_date)
     ends = [e for e in ends if e >= start]

@@ -24,6 +24,7 @@ __all__ = [
     "cpu_ticks",
     "own_cpu_ticks",
     "peak_rss_kb",
+    "start_ticks",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,13 @@ def cpu_ticks(pid: int) -> int | None:
     """utime + stime + cutime + cstime of one process from /proc/<pid>/stat (clock ticks)."""
     fields = _stat_fields(pid)
     return None if fields is None else sum(int(v) for v in fields[11:15])
+
+
+def start_ticks(pid: int) -> int | None:
+    """When a process started (clock ticks after boot): with its pid, it names one process
+    even after the pid is reused."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])  # field 22 of /proc/<pid>/stat
 
 
 def own_cpu_ticks(pid: int) -> int | None:
