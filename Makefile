@@ -47,7 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python -m loadtest run fanout --profile quick --workers 2
 	$(BIN)/python -m loadtest run chain --profile quick --workers 2 --size 60 --py-spy
 
-# Every scenario at full size (about 15 minutes on 2 cores); figures in docs/performance.md.
+# Every scenario at full size (9-15 minutes on 2 cores); figures in docs/performance.md.
 bench-full: $(STAMP)
 	set -e; for s in chain tree fanout cron worker-loss partition; do \
 	  $(BIN)/python -m loadtest run $$s --profile full --workers 2; done

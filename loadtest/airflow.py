@@ -24,9 +24,9 @@ from rich.console import Console
 from loadtest.cluster import HarnessError, Store, close_store, open_store
 from loadtest.dagfiles import AIRFLOW, task_graph, upstream_map, write_dag_files
 from loadtest.ledger import read_ledger
-from loadtest.measure import percentiles, task_latency_ledger, throughput
+from loadtest.measure import TERMINAL, percentiles, task_latency_ledger, throughput
 from loadtest.results import machine_info, plan_params
-from loadtest.sampler import children_map, cpu_ticks, start_ticks
+from loadtest.sampler import children_map, descendants, start_ticks, tree_ticks
 from loadtest.scenarios import Plan, Scenario
 from tradewind.errors import BadInputError
 
@@ -45,7 +45,6 @@ AIRFLOW_SCENARIOS = (Scenario.CHAIN, Scenario.TREE, Scenario.FANOUT)
 
 _TICK_S = os.sysconf("SC_CLK_TCK")
 _POLL_S = 0.5
-_TERMINAL = ("success", "failed", "skipped", "upstream_failed", "removed")
 
 # Run in Airflow's interpreter: one manual run per DAG, all within a moment, as the harness
 # triggers Tradewind's (a CLI call per DAG would spread them over a minute of imports).
@@ -137,18 +136,8 @@ def _airflow(python: Path, env: Mapping[str, str], log: Path, *args: str, timeou
 
 def _tree_cpu_s(pid: int | None) -> float:
     """CPU seconds of a process and its live descendants (reaped ones are in cutime)."""
-    if pid is None:
-        return 0.0
-    kids = children_map()
-    total, todo, seen = 0, [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        total += cpu_ticks(p) or 0
-        todo.extend(kids.get(p, ()))
-    return total / _TICK_S
+    ticks = None if pid is None else tree_ticks(pid, children_map())
+    return (ticks or 0) / _TICK_S
 
 
 def _wait_for(what: str, check: Any, timeout_s: float, alive: Any) -> None:
@@ -191,14 +180,8 @@ def _read_tis(engine: sa.Engine, ids: Sequence[str]) -> list[_AirflowTi]:
 
 def _tree(pid: int) -> dict[int, int]:
     """A process and its descendants, each with its start time (to tell a reused pid)."""
-    kids, out, todo = children_map(), {}, [pid]
-    while todo:
-        p = todo.pop()
-        started = start_ticks(p)
-        if started is not None:
-            out[p] = started
-        todo.extend(kids.get(p, ()))
-    return out
+    started = {p: start_ticks(p) for p in descendants(pid, children_map())}
+    return {p: t for p, t in started.items() if t is not None}
 
 
 def _kill(tree: Mapping[int, int], sig: signal.Signals) -> None:
@@ -301,7 +284,7 @@ def _measure(
             triggered_at = float(out.stdout.split()[-1])
             console.print(f"airflow: {len(ids)} runs triggered; waiting for {plan.total_tis} TIs")
             done = "SELECT count(*) FROM task_instance WHERE dag_id = ANY(:ids) AND state IN "
-            done += "('" + "','".join(_TERMINAL) + "')"
+            done += "('" + "','".join(sorted(TERMINAL)) + "')"
             _wait_for(
                 "every task instance to finish",
                 lambda: _count(engine, done, ids) >= (plan.total_tis or 0),

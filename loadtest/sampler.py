@@ -122,20 +122,24 @@ def children_map() -> dict[int, list[int]]:
     return kids
 
 
-def _tree_ticks(pid: int, kids: dict[int, list[int]]) -> int | None:
-    """A process and its live descendants; reaped ones are in their parents' cutime/cstime."""
-    own = cpu_ticks(pid)
-    if own is None:
-        return None
-    total, todo, seen = own, list(kids.get(pid, ())), {pid}
+def descendants(pid: int, kids: dict[int, list[int]]) -> list[int]:
+    """A process and its live descendants, the process first."""
+    out, todo, seen = [], [pid], set()
     while todo:
-        child = todo.pop()
-        if child in seen:
-            continue
-        seen.add(child)
-        total += cpu_ticks(child) or 0
-        todo.extend(kids.get(child, ()))
-    return total
+        p = todo.pop()
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+            todo.extend(kids.get(p, ()))
+    return out
+
+
+def tree_ticks(pid: int, kids: dict[int, list[int]]) -> int | None:
+    """A process and its live descendants; reaped ones are in their parents' cutime/cstime.
+    None when the process itself is gone."""
+    tree = descendants(pid, kids)
+    own = cpu_ticks(tree[0])
+    return None if own is None else own + sum(cpu_ticks(p) or 0 for p in tree[1:])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -245,7 +249,7 @@ class Sampler:
         kids = children_map()
         for key in self._processes():
             _role, _name, pid = key
-            ticks = _tree_ticks(pid, kids)
+            ticks = tree_ticks(pid, kids)
             if ticks is not None:
                 self._ticks[key] = max(ticks, self._ticks.get(key, 0))
             rss = peak_rss_kb(pid)

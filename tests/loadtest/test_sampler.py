@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from loadtest.sampler import _tree_ticks, children_map, cpu_ticks
+from loadtest.sampler import children_map, cpu_ticks, tree_ticks
 
 _TICK = os.sysconf("SC_CLK_TCK")
 _BURN = (
@@ -39,10 +39,10 @@ def test_a_process_counts_with_its_live_descendants() -> None:
             assert time.monotonic() < deadline, "the grandchild never burned its CPU"
             time.sleep(0.05)
         own = cpu_ticks(parent.pid) or 0
-        total = _tree_ticks(parent.pid, kids)
+        total = tree_ticks(parent.pid, kids)
         assert total is not None
         assert total - own >= burned
-        assert _tree_ticks(parent.pid, {}) == cpu_ticks(parent.pid)  # no children known
+        assert tree_ticks(parent.pid, {}) == cpu_ticks(parent.pid)  # no children known
     finally:
         os.killpg(parent.pid, signal.SIGKILL)
         parent.wait()
@@ -51,4 +51,4 @@ def test_a_process_counts_with_its_live_descendants() -> None:
 def test_a_gone_process_has_no_ticks() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    assert _tree_ticks(proc.pid, children_map()) is None
+    assert tree_ticks(proc.pid, children_map()) is None
