@@ -191,12 +191,26 @@ def _kill(tree: Mapping[int, int], sig: signal.Signals) -> None:
                 os.kill(pid, sig)
 
 
+class _Scheduler:
+    """The `airflow scheduler` process, and every process of its tree seen while it ran (its
+    DAG processor and task runners leave its process group, and outlive it if it dies)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.seen: dict[int, int] = {}  # pid -> start time, to tell a reused pid
+
+    def alive(self) -> bool:
+        """Whether the scheduler runs; notes its tree while it does."""
+        if self.proc.poll() is not None:
+            return False
+        self.seen.update(_tree(self.proc.pid))
+        return True
+
+
 @contextlib.contextmanager
-def _scheduler(
-    python: Path, env: Mapping[str, str], log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """`airflow scheduler` for the block; then SIGTERM, and SIGKILL for whatever of its tree
-    is left (its DAG processor and task runners leave its process group)."""
+def _scheduler(python: Path, env: Mapping[str, str], log: Path) -> Iterator[_Scheduler]:
+    """`airflow scheduler` for the block; then SIGTERM to it (it stops its executor and DAG
+    processor itself), and SIGKILL to whatever of its tree is left."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [str(python), "-m", "airflow", "scheduler"],
@@ -205,14 +219,16 @@ def _scheduler(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    sched = _Scheduler(proc)
+    sched.alive()
     try:
-        yield proc
+        yield sched
     finally:
-        tree = _tree(proc.pid)
-        _kill(tree, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(60)
-        _kill(tree, signal.SIGKILL)
+        if sched.alive():
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(60)
+        _kill(sched.seen, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10)
 
@@ -257,10 +273,6 @@ def _measure(
     engine = sa.create_engine(store.url, pool_size=1)  # the polls reuse one connection
     try:
         with _scheduler(python, env, run_dir / "logs" / "scheduler.log") as sched:
-
-            def alive() -> bool:
-                return sched.poll() is None
-
             console.print(f"airflow {version}: waiting for {len(ids)} DAGs to be parsed")
             ready = "SELECT count(*) FROM dag WHERE dag_id = ANY(:ids) AND NOT is_paused"
             ser = "SELECT count(*) FROM serialized_dag WHERE dag_id = ANY(:ids)"
@@ -268,10 +280,10 @@ def _measure(
                 "the DAGs",
                 lambda: _count(engine, ready, ids) == len(ids) == _count(engine, ser, ids),
                 600,
-                alive,
+                sched.alive,
             )
             pg_pid = store.postgres_pid()  # None on a server not ours: its CPU is unknown
-            cpu0 = (_tree_cpu_s(sched.pid), _tree_cpu_s(pg_pid))
+            cpu0 = (_tree_cpu_s(sched.proc.pid), _tree_cpu_s(pg_pid))
             out = subprocess.run(
                 [str(python), "-c", _TRIGGER, *ids],
                 env=env,
@@ -289,9 +301,9 @@ def _measure(
                 "every task instance to finish",
                 lambda: _count(engine, done, ids) >= (plan.total_tis or 0),
                 timeout_s,
-                alive,
+                sched.alive,
             )
-            cpu1 = (_tree_cpu_s(sched.pid), _tree_cpu_s(pg_pid))
+            cpu1 = (_tree_cpu_s(sched.proc.pid), _tree_cpu_s(pg_pid))
         tis = _read_tis(engine, ids)
     finally:
         engine.dispose()

@@ -22,9 +22,11 @@ __all__ = [
     "SamplerResult",
     "children_map",
     "cpu_ticks",
+    "descendants",
     "own_cpu_ticks",
     "peak_rss_kb",
     "start_ticks",
+    "tree_ticks",
 ]
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import pytest
 from loadtest.airflow import (
     AirflowOptions,
     _AirflowTi,
+    _kill,
     _results,
     _scheduler,
     _tree_cpu_s,
@@ -172,7 +174,7 @@ def test_cpu_of_a_process_tree_counts_children_it_has_reaped() -> None:
     assert _tree_cpu_s(None) == 0.0
 
 
-def test_cleanup_kills_what_is_left_of_the_tree_and_nothing_else(tmp_path: Path) -> None:
+def test_cleanup_kills_what_is_left_of_the_tree(tmp_path: Path) -> None:
     """A child that left the process group and ignores SIGTERM (as Airflow's DAG processor
     and task runners leave it) is killed too."""
     stubborn = (
@@ -187,13 +189,13 @@ def test_cleanup_kills_what_is_left_of_the_tree_and_nothing_else(tmp_path: Path)
     python.write_text(f"#!/bin/sh\nexec {sys.executable} -c {shlex.quote(stubborn)}\n")
     python.chmod(0o755)
     env = {**os.environ, "MARK": str(mark)}
-    with _scheduler(python, env, tmp_path / "log") as proc:
+    with _scheduler(python, env, tmp_path / "log") as sched:
         deadline = time.monotonic() + 10
         while not mark.exists() or not mark.read_text():
             assert time.monotonic() < deadline, "the child never started"
             time.sleep(0.05)
         child = int(mark.read_text())
-    assert proc.poll() is not None
+    assert sched.proc.poll() is not None
     deadline = time.monotonic() + 10
     while start_ticks(child) is not None and _state(child) != "Z":
         assert time.monotonic() < deadline, "the stubborn child survived"
@@ -205,3 +207,18 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def test_a_pid_is_signalled_only_while_it_names_the_process_that_was_seen() -> None:
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        started = start_ticks(proc.pid)
+        assert started is not None
+        _kill({proc.pid: started + 1}, signal.SIGKILL)  # another process now holds the pid
+        time.sleep(0.2)
+        assert proc.poll() is None
+        _kill({proc.pid: started}, signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait(10)
