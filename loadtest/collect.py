@@ -63,6 +63,7 @@ class TiRecord:
     end_date: float | None
     worker: str | None
     queued_by: str | None
+    scheduled_at: float | None = None  # the last time it was scheduled
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +80,7 @@ class AttemptRecord:
     end_date: float | None
     worker: str | None
     queued_by: str | None
+    dispatched_at: float | None = None  # when the dispatch step began for it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,6 +163,7 @@ def _tis(conn: sa.Connection) -> tuple[TiRecord, ...]:
             end_date=epoch(r["end_date"]),
             worker=r["worker"],
             queued_by=r["queued_by"],
+            scheduled_at=epoch(r["scheduled_at"]),
         )
         for r in _rows(conn, "SELECT * FROM task_instance ORDER BY id")
     )
@@ -179,6 +182,7 @@ def _attempts(conn: sa.Connection) -> tuple[AttemptRecord, ...]:
             end_date=epoch(r["end_date"]),
             worker=r["worker"],
             queued_by=r["queued_by"],
+            dispatched_at=epoch(r["dispatched_at"]),
         )
         for r in _rows(conn, "SELECT * FROM task_attempt ORDER BY id")
     )

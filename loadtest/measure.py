@@ -19,6 +19,7 @@ __all__ = [
     "Finishing",
     "Timed",
     "cpu_per_1000",
+    "cpu_wait",
     "final_executions",
     "percentiles",
     "queued_to_start_ms",
@@ -185,4 +186,23 @@ def cpu_per_1000(
             if role in totals and finished
             else ("unavailable")
         )
+    return out
+
+
+def cpu_wait(usage: Sequence[ProcessUsage]) -> dict[str, dict[str, float] | str]:
+    """Per role: seconds its threads ran and waited runnable for a CPU over the load, and the
+    wait per second run (above 1, the machine is the bottleneck); "unavailable" unmeasured."""
+    out: dict[str, dict[str, float] | str] = {}
+    for role, key in ROLE_KEYS.items():
+        mine = [u for u in usage if u.role == role and u.run_s is not None]
+        run = sum(u.run_s or 0.0 for u in mine)
+        wait = sum(u.wait_s or 0.0 for u in mine)
+        if not mine or run <= 0:
+            out[key] = "unavailable"
+            continue
+        out[key] = {
+            "run_s": round(run, 3),
+            "wait_s": round(wait, 3),
+            "wait_per_run_s": round(wait / run, 2),
+        }
     return out

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from loadtest.hops import PHASES
 from loadtest.plots import PLOTS_UNAVAILABLE, write_plots
 
 __all__ = ["render_summary", "write_report"]
@@ -86,7 +87,24 @@ def _latency_table(r: dict[str, Any]) -> list[str]:
         f"({t['finished']} in {_fmt(t['window_s'])} s).",
         "",
     ]
-    return lines
+    return lines + _hops(r.get("hop_phases_ms"))
+
+
+def _hops(phases: dict[str, Any] | None) -> list[str]:
+    """Where a hop's time goes, phase by phase (the means add up to the mean hop)."""
+    if not phases:
+        return []
+    lines = [
+        "Where a hop's time goes (ms; the means add up to the mean task latency of these hops):",
+        "",
+        "| phase | mean | p50 | p90 | p99 | n |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, label in PHASES.items():
+        s = phases[name]
+        cells = " | ".join(_fmt(s[k]) for k in ("mean", "p50", "p90", "p99", "n"))
+        lines.append(f"| {name}: {label} | {cells} |")
+    return [*lines, ""]
 
 
 def _fault(r: dict[str, Any]) -> list[str]:
@@ -111,10 +129,22 @@ def _fault(r: dict[str, Any]) -> list[str]:
 
 
 def _resources(r: dict[str, Any]) -> list[str]:
-    cpu = r["cpu_s_per_1000_tis"]
-    lines = ["## Resources", "", "| role | CPU s / 1000 TIs |", "|---|---|"]
-    lines += [f"| {role} | {_fmt(v)} |" for role, v in cpu.items()]
+    cpu, waits = r["cpu_s_per_1000_tis"], r.get("cpu_wait") or {}
+    lines = [
+        "## Resources",
+        "",
+        "| role | CPU s / 1000 TIs | waited for a CPU, s per s run |",
+        "|---|---|---|",
+    ]
+    for role, v in cpu.items():
+        wait = waits.get(role)
+        per_run = wait["wait_per_run_s"] if isinstance(wait, dict) else wait
+        lines.append(f"| {role} | {_fmt(v)} | {_fmt(per_run)} |")
     lines += [
+        "",
+        "Waiting for a CPU: the time the role's threads were runnable but not running "
+        "(`/proc/PID/task/TID/schedstat`, threads alive at the end of the load); much above "
+        "0, the machine's cores are what the load waits for.",
         "",
         f"Statements per task instance: {_fmt(r['statements_per_ti'])}; "
         f"transactions per task instance: {_fmt(r['transactions_per_ti'])}.",

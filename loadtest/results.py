@@ -17,12 +17,14 @@ import psutil
 from loadtest.aims import judge
 from loadtest.chaos import Strike
 from loadtest.collect import PgCounters, StoreSnapshot
+from loadtest.hops import hop_phases_ms
 from loadtest.invariants import Check, check_all
 from loadtest.ledger import Ledger
 from loadtest.measure import (
     ROLE_KEYS,
     TERMINAL,
     cpu_per_1000,
+    cpu_wait,
     percentiles,
     queued_to_start_ms,
     run_creation_delay_ms,
@@ -133,6 +135,7 @@ def _resources(data: RunData, finished: int) -> dict[str, Any]:
             for role in sorted({u.role for u in usage})
         }
         | {"harness": round(data.harness_cpu_s, 3)},
+        "cpu_wait": cpu_wait(usage),
         "statements_per_ti": _per_ti(
             data.pg_before.statements, data.pg_after.statements, data.sampler.statements, finished
         ),
@@ -158,6 +161,7 @@ def _latencies(data: RunData) -> dict[str, Any]:
         "task_latency_ms": percentiles(v for _, v in chosen) | {"source": source},
         "task_latency_store_ms": percentiles(v for _, v in from_store),
         "queued_to_start_ms": percentiles(queued_to_start_ms(snap.attempts)),
+        "hop_phases_ms": hop_phases_ms(snap, data.ledger, data.upstreams, data.offset_s),
         "run_creation_delay_ms": percentiles(run_creation_delay_ms(snap.runs, since)),
         "trigger_to_start_ms": percentiles(trigger_to_start_ms(snap.runs)),
         "throughput_tis_per_s": throughput(snap.tis, data.load_start, data.offset_s),

@@ -25,6 +25,7 @@ __all__ = [
     "descendants",
     "own_cpu_ticks",
     "peak_rss_kb",
+    "sched_times",
     "start_ticks",
     "tree_ticks",
 ]
@@ -144,15 +145,42 @@ def tree_ticks(pid: int, kids: dict[int, list[int]]) -> int | None:
     return None if own is None else own + sum(cpu_ticks(p) or 0 for p in tree[1:])
 
 
+def sched_times(pids: list[int]) -> dict[tuple[int, int], tuple[int, int]] | None:
+    """Per thread of these processes: nanoseconds run on a CPU, and waited runnable for one
+    (/proc/<pid>/task/<tid>/schedstat); None when the kernel does not keep them."""
+    out: dict[tuple[int, int], tuple[int, int]] = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                    run_ns, wait_ns, *_ = f.read().split()
+            except FileNotFoundError:
+                if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                    continue  # the thread ended meanwhile
+                return None
+            except OSError:
+                continue
+            out[(pid, int(tid))] = (int(run_ns), int(wait_ns))
+    return out
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProcessUsage:
-    """CPU seconds (with children) and peak RSS of one measured process."""
+    """CPU seconds (with children) and peak RSS of one measured process; run_s and wait_s:
+    its threads' time on a CPU and runnable waiting for one over the load (threads alive at its
+    end; None when the kernel keeps no schedstat)."""
 
     role: str
     name: str
     pid: int
     cpu_s: float
     peak_rss_mb: float | None
+    run_s: float | None = None
+    wait_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -223,6 +251,7 @@ class Sampler:
         self._statements = 0
         self._base_ticks: dict[tuple[str, str, int], int] = {}
         self._base_statements = 0
+        self._base_sched: dict[tuple[int, int], tuple[int, int]] | None = None
         self.progress = Progress(at=time.time(), finished=0, total=0)
         self.errors = 0
         self._thread = threading.Thread(target=self._run, name="loadtest-sampler", daemon=True)
@@ -285,18 +314,42 @@ class Sampler:
                     LimitSample(at=at, kind=key[0], name=key[1], limit=int(limit), used=int(used))
                 )
 
+    def _trees(self) -> dict[tuple[str, str, int], list[int]]:
+        kids = children_map()
+        return {key: descendants(key[2], kids) for key in self._processes()}
+
     def mark_baseline(self) -> None:
         """Count CPU and statements from now on (start-up and parsing are left out)."""
         self.sample_processes()
+        base = sched_times([p for tree in self._trees().values() for p in tree])
         with self._lock:
             self._base_ticks = dict(self._ticks)
             self._base_statements = self._statements
+            self._base_sched = base
+
+    def _waits(self) -> dict[tuple[str, str, int], tuple[float, float]]:
+        """Per measured process, its threads' (run, wait) seconds since the baseline: a thread
+        started since counts whole; one that ended is missing (its times went with it)."""
+        if self._base_sched is None:
+            return {}
+        out: dict[tuple[str, str, int], tuple[float, float]] = {}
+        for key, tree in self._trees().items():
+            now = sched_times(tree)
+            if now is None:
+                return {}
+            run = wait = 0
+            for tid, (r, w) in now.items():
+                r0, w0 = self._base_sched.get(tid, (0, 0))
+                run, wait = run + r - r0, wait + w - w0
+            out[key] = (run / 1e9, wait / 1e9)
+        return out
 
     def stop(self) -> SamplerResult:
         """Stop the thread, take a last process sample, and return everything seen."""
         self._stop.set()
         self._thread.join(10)
         self.sample_processes()
+        waits = self._waits()
         usage = tuple(
             ProcessUsage(
                 role=role,
@@ -306,6 +359,8 @@ class Sampler:
                 peak_rss_mb=(self._rss[(role, name, pid)] / 1024)
                 if (role, name, pid) in self._rss
                 else None,
+                run_s=waits[(role, name, pid)][0] if (role, name, pid) in waits else None,
+                wait_s=waits[(role, name, pid)][1] if (role, name, pid) in waits else None,
             )
             for (role, name, pid), ticks in sorted(self._ticks.items())
         )

@@ -83,7 +83,17 @@ def test_chain_through_the_command_line(pg_admin_url: str, tmp_path: Path) -> No
     assert r["cpu_s_per_1000_tis"]["postgres"] == "unavailable"  # an external server
     assert r["statements_per_ti"] == "unavailable" or r["statements_per_ti"] > 0
     assert r["ledger"]["executions"] == 12
-    assert r["ledger"]["identity"] in ("template", "env", "static")
+    assert r["ledger"]["identity"] == "static"  # the in-process executor renders nothing
+    # every hop cut into its phases, which add up to it (the means, to rounding)
+    phases = r["hop_phases_ms"]
+    assert list(phases) == ["report", "examine", "queue", "dispatch", "start"]
+    assert all(p["n"] == 3 * 3 for p in phases.values())
+    assert all(p["p50"] >= 0 for name, p in phases.items() if name != "report")
+    assert "Where a hop's time goes" in (run_dir / "summary.md").read_text()
+    if os.path.exists("/proc/self/schedstat"):  # the schedulers' threads ran and were timed
+        assert r["cpu_wait"]["schedulers"]["run_s"] > 0
+        assert r["cpu_wait"]["schedulers"]["wait_s"] >= 0
+        assert r["cpu_wait"]["workers"] == "unavailable"  # none: attempts ran in-process
     assert any(name.startswith("s0#") for name in r["peak_rss_mb"])
     summary = (run_dir / "summary.md").read_text()
     assert "# Load test `chain` (tiny): PASS" in summary
